@@ -1,0 +1,239 @@
+"""The verification decision, without I/O.
+
+Verification is two pure steps around at most one store transaction:
+
+1. :func:`decide_static` looks at the (cacheable) key record, the keyspace, the
+   request and the time, and returns the first failing code among NOT_FOUND,
+   DISABLED, EXPIRED, FORBIDDEN and INSUFFICIENT_PERMISSIONS, or ``None``.
+2. :func:`make_plan` lists the dynamic state the verify must touch: the credit
+   state and every rate-limit counter to check. :func:`settle` is applied by the
+   store to the current state inside one transaction and returns the outcome
+   plus the new state to write; a rejected request writes nothing.
+
+:func:`build_result` assembles the :class:`VerifyResult`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._credits import apply_refill, next_refill_moment
+from ._errors import UnknownRatelimitError, ValidationError
+from ._models import (
+    Code,
+    KeyRecord,
+    Keyspace,
+    RatelimitConfig,
+    RatelimitResult,
+    VerifyRequest,
+    VerifyResult,
+)
+from ._permissions import parse_query
+from ._ratelimit import check_window
+
+__all__ = [
+    "LimitCheck",
+    "Plan",
+    "Settlement",
+    "build_result",
+    "credits_state_key",
+    "decide_static",
+    "make_plan",
+    "settle",
+]
+
+State = dict[str, Any]
+
+
+def credits_state_key(key_id: str) -> str:
+    return f"credits:{key_id}"
+
+
+def ratelimit_state_key(scope_id: str, name: str, duration: int) -> str:
+    return f"rl:{scope_id}:{name}:{duration}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    state_key: str
+    config: RatelimitConfig
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The dynamic state one verify touches; empty plans need no store trip."""
+
+    credits_key: str | None
+    cost: int
+    limits: tuple[LimitCheck, ...]
+
+    @property
+    def state_keys(self) -> list[str]:
+        keys = [check.state_key for check in self.limits]
+        if self.credits_key is not None:
+            keys.append(self.credits_key)
+        return keys
+
+    @property
+    def empty(self) -> bool:
+        return self.credits_key is None and not self.limits
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    code: Code
+    ratelimits: tuple[RatelimitResult, ...]
+    credits: int | None
+    credits_reset: int | None = None  # next refill (Unix ms), when one is scheduled
+
+
+def decide_static(
+    record: KeyRecord | None, keyspace: Keyspace, request: VerifyRequest, now: int
+) -> Code | None:
+    """The first failing code decided by the record alone, or ``None`` to go on."""
+    if record is None or (request.api_id is not None and record.api_id != request.api_id):
+        return Code.NOT_FOUND
+    if not record.enabled:
+        return Code.DISABLED
+    if record.expires is not None and now > record.expires:
+        return Code.EXPIRED
+    if keyspace.networks and not _ip_allowed(request.ip, keyspace):
+        return Code.FORBIDDEN
+    if request.permissions and not parse_query(request.permissions).allows(record.permission_set):
+        return Code.INSUFFICIENT_PERMISSIONS
+    return None
+
+
+def _ip_allowed(ip: str | None, keyspace: Keyspace) -> bool:
+    if not ip:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in keyspace.networks)
+
+
+def make_plan(record: KeyRecord, request: VerifyRequest) -> Plan:
+    """The credit and rate-limit checks this verify needs (raises for unknown names)."""
+    checks = _auto_applied(record)
+    for entry in request.ratelimits:
+        check = _requested_limit(record, entry)
+        checks[check.config.name] = check
+    cost = 1 if request.cost is None else request.cost
+    if cost < 0:
+        raise ValidationError("cost must be 0 or more")
+    credits_key = credits_state_key(record.key_id) if record.credits_limited else None
+    return Plan(credits_key, cost, tuple(checks.values()))
+
+
+def _scoped(config: RatelimitConfig, owner: str) -> LimitCheck:
+    return LimitCheck(ratelimit_state_key(owner, config.name, config.duration), config, 1)
+
+
+def _named_limits(record: KeyRecord) -> dict[str, LimitCheck]:
+    """Every configured limit by name; the key's own win over its identity's."""
+    named: dict[str, LimitCheck] = {}
+    if record.identity is not None:
+        for config in record.identity.ratelimits:
+            named[config.name] = _scoped(config, record.identity.id)
+    for config in record.ratelimits:
+        named[config.name] = _scoped(config, record.key_id)
+    return named
+
+
+def _auto_applied(record: KeyRecord) -> dict[str, LimitCheck]:
+    return {name: c for name, c in _named_limits(record).items() if c.config.auto_apply}
+
+
+def _requested_limit(record: KeyRecord, entry: str | Mapping[str, Any]) -> LimitCheck:
+    spec: Mapping[str, Any] = {"name": entry} if isinstance(entry, str) else entry
+    name = spec["name"]
+    cost = int(spec.get("cost", 1))
+    if cost < 0:
+        raise ValidationError(f"rate limit {name!r}: cost must be 0 or more")
+    if spec.get("limit") is not None and spec.get("duration") is not None:
+        config = RatelimitConfig(name, int(spec["limit"]), int(spec["duration"]))
+        return LimitCheck(ratelimit_state_key(record.key_id + ":adhoc", name, config.duration),
+                          config, cost)
+    named = _named_limits(record).get(name)
+    if named is None:
+        raise UnknownRatelimitError(name)
+    return LimitCheck(named.state_key, named.config, cost)
+
+
+def settle(
+    plan: Plan, states: Mapping[str, State | None], now: int
+) -> tuple[Settlement, dict[str, State]]:
+    """Decide the dynamic checks against the current ``states``.
+
+    Returns the settlement and the states to write. Rate limits come before
+    credits, as Unkey decides them, and a rejection writes nothing at all.
+    """
+    results, writes, limited = _check_limits(plan, states, now)
+    stored = states.get(plan.credits_key) if plan.credits_key else None
+    if plan.credits_key is None or stored is None or stored.get("remaining") is None:
+        code = Code.RATE_LIMITED if limited else Code.VALID
+        return Settlement(code, results, None), ({} if limited else writes)
+    credit_state = apply_refill(stored, now)
+    remaining: int = credit_state["remaining"]
+    if limited:
+        return Settlement(Code.RATE_LIMITED, results, remaining), {}
+    if remaining < plan.cost:
+        refill = credit_state.get("refill")
+        reset = next_refill_moment(refill, now) if refill else None
+        return Settlement(Code.USAGE_EXCEEDED, results, remaining, reset), {}
+    if plan.cost or credit_state is not stored:
+        remaining -= plan.cost
+        writes[plan.credits_key] = {**credit_state, "remaining": remaining}
+    return Settlement(Code.VALID, results, remaining), writes
+
+
+def _check_limits(
+    plan: Plan, states: Mapping[str, State | None], now: int
+) -> tuple[tuple[RatelimitResult, ...], dict[str, State], bool]:
+    results: list[RatelimitResult] = []
+    writes: dict[str, State] = {}
+    limited = False
+    for check in plan.limits:
+        config = check.config
+        outcome = check_window(states.get(check.state_key), limit=config.limit,
+                               duration=config.duration, cost=check.cost, now=now)
+        results.append(RatelimitResult(
+            name=config.name, limit=config.limit, duration=config.duration,
+            remaining=outcome.remaining, reset=outcome.reset, exceeded=not outcome.allowed,
+            id=config.id, auto_apply=config.auto_apply,
+        ))
+        limited = limited or not outcome.allowed
+        if outcome.new_state is not None:
+            writes[check.state_key] = outcome.new_state
+    return tuple(results), writes, limited
+
+
+def build_result(
+    code: Code, record: KeyRecord | None, settlement: Settlement | None = None
+) -> VerifyResult:
+    """The :class:`VerifyResult` for ``code``; NOT_FOUND carries no key information."""
+    if record is None or code is Code.NOT_FOUND:
+        return VerifyResult(valid=False, code=Code.NOT_FOUND)
+    return VerifyResult(
+        valid=code is Code.VALID,
+        code=code,
+        key_id=record.key_id,
+        keyspace_id=record.keyspace_id,
+        api_id=record.api_id,
+        name=record.name,
+        meta=record.meta,
+        expires=record.expires,
+        credits=settlement.credits if settlement else None,
+        enabled=record.enabled,
+        roles=record.roles,
+        permissions=record.permissions,
+        identity=record.identity,
+        ratelimits=settlement.ratelimits if settlement else (),
+        credits_reset=settlement.credits_reset if settlement else None,
+    )

@@ -1,0 +1,66 @@
+"""Reading the key from request headers: a pure function, strict about bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["MAX_HEADER_BYTES", "Extracted", "extract_key"]
+
+MAX_HEADER_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """The key, or why there is none: ``problem`` is ``"missing"`` or a message."""
+
+    key: str | None
+    problem: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.problem == "missing"
+
+
+_MISSING = Extracted(None, "missing")
+
+
+def extract_key(
+    headers: Iterable[tuple[bytes, bytes]], *, header: bytes = b"authorization",
+    scheme: str | None = "bearer",
+) -> Extracted:
+    """Find the key in raw ASGI ``headers`` (lower-case names).
+
+    With a ``scheme`` the header must read ``<scheme> <key>``; without, the whole
+    value is the key. Repeated headers, non-ASCII bytes, oversized values, several
+    schemes or extra words are rejected with a message that never contains the key.
+    """
+    values = [value for name, value in headers if name == header]
+    if not values:
+        return _MISSING
+    if len(values) > 1:
+        return Extracted(None, f"several {header.decode()} headers; send exactly one")
+    raw = values[0]
+    if len(raw) > MAX_HEADER_BYTES:
+        return Extracted(None, f"the {header.decode()} header is longer than {MAX_HEADER_BYTES} bytes")
+    if not raw.isascii():
+        return Extracted(None, f"the {header.decode()} header has non-ASCII characters")
+    value = raw.decode("ascii").strip(" \t")
+    if not value:
+        return _MISSING if scheme is None else Extracted(None, "the Authorization header is empty")
+    return _split_scheme(value, scheme) if scheme else _bare(value)
+
+
+def _split_scheme(value: str, scheme: str) -> Extracted:
+    parts = value.split()
+    if parts[0].lower() != scheme:
+        return Extracted(None, f"expected 'Authorization: {scheme.title()} <key>'")
+    if len(parts) != 2 or "," in value:
+        return Extracted(None, f"expected exactly one key after '{scheme.title()}'")
+    return Extracted(parts[1])
+
+
+def _bare(value: str) -> Extracted:
+    if len(value.split()) != 1 or "," in value:
+        return Extracted(None, "expected exactly one key in the header")
+    return Extracted(value)

@@ -1,0 +1,534 @@
+"""The typed Python API: one object, opened from a store URL, for everything the CLI does.
+
+>>> ks = Keystile("memory://")
+>>> api = ks.create_api("payments", prefix="sk_test")
+>>> created = ks.create_key(api.id, credits=10)
+>>> ks.verify(created.key).valid
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ._bus import publish
+from ._credits import apply_refill, new_credit_state
+from ._decide import credits_state_key
+from ._errors import ConflictError, NotFoundError, ProtectedError, ValidationError
+from ._ids import new_id, now_ms
+from ._keys import generate_key, hash_key, key_start, split_key
+from ._models import (
+    Api,
+    CreatedKey,
+    Credits,
+    Identity,
+    KeyInfo,
+    Keyspace,
+    Permission,
+    RatelimitConfig,
+    Role,
+    VerifyResult,
+)
+from ._records import (
+    api_from_doc,
+    identity_from_doc,
+    key_info_from_doc,
+    keyspace_from_doc,
+    permission_from_doc,
+    role_from_doc,
+)
+from ._validate import (
+    check_bytes,
+    check_cidrs,
+    check_credits,
+    check_expires,
+    check_external_id,
+    check_meta,
+    check_name,
+    check_prefix,
+    check_ratelimits,
+    check_slugs,
+)
+from ._verify import Verifier
+from .stores import Store
+
+__all__ = ["UNSET", "KeyPage", "Keystile"]
+
+Doc = dict[str, Any]
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""Marks an update argument as not given: the field stays as it is (``None`` clears it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of :meth:`Keystile.list_keys`; pass ``cursor`` back for the next."""
+
+    keys: list[KeyInfo]
+    cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.cursor is not None
+
+
+class Keystile:
+    """Manage APIs, keys, identities, roles and permissions, and verify keys.
+
+    Every change evicts what it affects from the cache of every verifier of the
+    same store in this process. All methods block; :class:`AsyncKeystile` is the
+    async face.
+    """
+
+    def __init__(
+        self, store: Store | str | None = None, *, now: Callable[[], int] = now_ms,
+        **verifier_options: Any,
+    ) -> None:
+        self.verifier = Verifier(store, now=now, **verifier_options)
+        self.store = self.verifier.store
+        self.now = now
+
+    def __repr__(self) -> str:
+        return f"Keystile({self.store!r})"
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Keystile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- verification ----------------------------------------------------------------
+
+    def verify(self, key: str, **request: Any) -> VerifyResult:
+        """Verify a key; see :class:`VerifyRequest` for the options."""
+        return self.verifier.verify(key, **request)
+
+    def whoami(self, key: str) -> KeyInfo:
+        """The key a plaintext key is (without verifying or spending anything)."""
+        doc = self.store.find("key", "hash", hash_key(key)) if split_key(key) else None
+        if doc is None or doc.get("deleted_at") is not None:
+            raise NotFoundError("no such key")
+        return self._key_info(doc)
+
+    # -- APIs and keyspaces -------------------------------------------------------------
+
+    def create_api(
+        self, name: str, *, prefix: str, default_bytes: int = 16,
+        store_encrypted_keys: bool = False, ip_whitelist: Iterable[str] = (),
+        delete_protection: bool = False,
+    ) -> Api:
+        """Create an API and its keyspace; ``prefix`` must be unused by other keyspaces."""
+        check_name(name, "API name", high=256)
+        keyspace: Doc = {
+            "id": new_id("ks"), "api_id": new_id("api"), "prefix": check_prefix(prefix),
+            "default_bytes": check_bytes(default_bytes),
+            "store_encrypted_keys": bool(store_encrypted_keys),
+            "ip_whitelist": check_cidrs(ip_whitelist),
+            "delete_protection": bool(delete_protection),
+        }
+        if self.store.find("keyspace", "prefix", prefix) is not None:
+            raise ConflictError(f"prefix {prefix!r} is used by another keyspace")
+        api: Doc = {"id": keyspace["api_id"], "name": name, "keyspace_id": keyspace["id"],
+                    "created_at": self.now()}
+        self.store.insert("keyspace", keyspace)
+        self.store.insert("api", api)
+        publish(self.store.url, None, keyspaces=True)
+        return api_from_doc(api)
+
+    def get_api(self, api_id: str) -> Api:
+        return api_from_doc(self._api_doc(api_id))
+
+    def list_apis(self) -> list[Api]:
+        docs = self.store.scan_all("api")
+        return [api_from_doc(doc) for doc in docs if doc.get("deleted_at") is None]
+
+    def get_keyspace(self, keyspace_id: str) -> Keyspace:
+        doc = self.store.get("keyspace", keyspace_id)
+        if doc is None or doc.get("deleted_at") is not None:
+            raise NotFoundError(f"no keyspace {keyspace_id!r}")
+        return keyspace_from_doc(doc)
+
+    def update_api(
+        self, api_id: str, *, name: str | _Unset = UNSET,
+        ip_whitelist: Iterable[str] | _Unset = UNSET,
+        delete_protection: bool | _Unset = UNSET,
+        store_encrypted_keys: bool | _Unset = UNSET,
+    ) -> Api:
+        api = self._api_doc(api_id)
+        keyspace = self.store.get("keyspace", api["keyspace_id"]) or {}
+        if name is not UNSET:
+            api["name"] = check_name(name, "API name", high=256)
+        if ip_whitelist is not UNSET:
+            keyspace["ip_whitelist"] = check_cidrs(ip_whitelist)
+        if delete_protection is not UNSET:
+            keyspace["delete_protection"] = bool(delete_protection)
+        if store_encrypted_keys is not UNSET:
+            keyspace["store_encrypted_keys"] = bool(store_encrypted_keys)
+        self.store.replace("keyspace", keyspace)
+        self.store.replace("api", api)
+        publish(self.store.url, None, keyspaces=True)
+        return api_from_doc(api)
+
+    def delete_api(self, api_id: str) -> None:
+        """Delete an API; its keys verify as NOT_FOUND from then on."""
+        api = self._api_doc(api_id)
+        keyspace = self.store.get("keyspace", api["keyspace_id"]) or {"id": api["keyspace_id"]}
+        if keyspace.get("delete_protection"):
+            raise ProtectedError(f"API {api_id} has delete protection; turn it off first")
+        deleted_at = self.now()
+        # Free the prefix: keys found by hash no longer match a live keyspace.
+        keyspace.update(deleted_at=deleted_at, deleted_prefix=keyspace.pop("prefix", None))
+        self.store.replace("keyspace", keyspace)
+        self.store.replace("api", {**api, "deleted_at": deleted_at})
+        publish(self.store.url, None, keyspaces=True)
+
+    def _api_doc(self, api_id: str) -> Doc:
+        doc = self.store.get("api", api_id)
+        if doc is None or doc.get("deleted_at") is not None:
+            raise NotFoundError(f"no API {api_id!r}")
+        return doc
+
+    # -- keys -----------------------------------------------------------------------
+
+    def create_key(
+        self, api_id: str, *, name: str | None = None, byte_length: int | None = None,
+        external_id: str | None = None, meta: Mapping[str, Any] | None = None,
+        expires: int | dt.datetime | None = None, credits: Credits | int | None = None,
+        ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] = (),
+        permissions: Iterable[str] = (), roles: Iterable[str] = (), enabled: bool = True,
+    ) -> CreatedKey:
+        """Issue a key; its plaintext is in the answer and nowhere else, ever."""
+        api = self._api_doc(api_id)
+        keyspace = self.get_keyspace(api["keyspace_id"])
+        nbytes = check_bytes(byte_length if byte_length is not None else keyspace.default_bytes)
+        plaintext = generate_key(keyspace.prefix, nbytes)
+        credit = check_credits(credits)
+        now = self.now()
+        doc: Doc = {
+            "id": new_id("key"), "hash": hash_key(plaintext), "api_id": api_id,
+            "keyspace_id": keyspace.id, "start": key_start(plaintext), "created_at": now,
+            "enabled": bool(enabled),
+            "identity_id": self._identity_id_for(external_id),
+            "credits_limited": credit is not None and credit.remaining is not None,
+        }
+        self._apply_key_fields(doc, name=name, meta=meta, expires=expires,
+                               ratelimits=ratelimits, permissions=permissions, roles=roles)
+        if credit is not None:  # credits first: a key never exists without its credits
+            self._write_credits(doc["id"], credit, now)
+        self.store.insert("key", doc)
+        return CreatedKey(doc["id"], plaintext)
+
+    def get_key(self, key_id: str) -> KeyInfo:
+        return self._key_info(self._key_doc(key_id))
+
+    def list_keys(
+        self, api_id: str, *, limit: int = 100, cursor: str | None = None,
+        external_id: str | None = None,
+    ) -> KeyPage:
+        """Keys of an API in id order, ``limit`` (1..100) at a time."""
+        self._api_doc(api_id)
+        if not 1 <= limit <= 100:
+            raise ValidationError("limit must be from 1 to 100")
+        where = ("api_id", api_id)
+        if external_id is not None:
+            identity = self.store.find("identity", "external_id", external_id)
+            if identity is None:
+                return KeyPage([], None)
+            where = ("identity_id", identity["id"])
+        docs = self.store.scan("key", where=where, after=cursor, limit=limit + 1)
+        live = [d for d in docs[:limit] if d.get("deleted_at") is None and d["api_id"] == api_id]
+        next_cursor = docs[limit - 1]["id"] if len(docs) > limit else None
+        return KeyPage(self._key_infos(live), next_cursor)
+
+    def update_key(
+        self, key_id: str, *, name: str | _Unset | None = UNSET,
+        meta: Mapping[str, Any] | _Unset | None = UNSET,
+        expires: int | dt.datetime | _Unset | None = UNSET,
+        enabled: bool | _Unset = UNSET, external_id: str | _Unset | None = UNSET,
+        credits: Credits | int | _Unset | None = UNSET,
+        ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] | _Unset | None = UNSET,
+        permissions: Iterable[str] | _Unset = UNSET, roles: Iterable[str] | _Unset = UNSET,
+    ) -> KeyInfo:
+        """Change a key: an omitted argument leaves its field alone, ``None`` clears it."""
+        doc = self._key_doc(key_id)
+        given = {k: v for k, v in {
+            "name": name, "meta": meta, "expires": expires, "ratelimits": ratelimits,
+            "permissions": permissions, "roles": roles}.items() if v is not UNSET}
+        self._apply_key_fields(doc, **given)
+        if enabled is not UNSET:
+            doc["enabled"] = bool(enabled)
+        if external_id is not UNSET:
+            doc["identity_id"] = self._identity_id_for(external_id)
+        if credits is not UNSET:
+            credit = check_credits(credits)
+            self._write_credits(key_id, credit or Credits(None), self.now())
+            doc["credits_limited"] = credit is not None and credit.remaining is not None
+        return self._save_key(doc)
+
+    def delete_key(self, key_id: str, *, permanent: bool = False) -> None:
+        """Revoke a key at once; ``permanent`` also erases its hash and credit state."""
+        doc = self._key_doc(key_id)
+        if permanent:
+            self.store.delete("key", key_id)
+            self.store.transact([credits_state_key(key_id)],
+                                lambda _: ({credits_state_key(key_id): None}, None))
+        else:
+            self.store.replace("key", {**doc, "deleted_at": self.now()})
+        publish(self.store.url, doc["hash"])
+
+    def update_credits(
+        self, key_id: str, operation: Literal["set", "increment", "decrement"],
+        value: int | None = None,
+    ) -> Credits | None:
+        """Change a key's credits atomically; ``set`` to ``None`` makes them unlimited.
+
+        ``set`` clears the refill schedule (as Unkey does); ``decrement`` stops at 0.
+        Returns the credits after the change (``None``: unlimited).
+        """
+        doc = self._key_doc(key_id)
+        if operation not in ("set", "increment", "decrement"):
+            raise ValidationError("operation must be 'set', 'increment' or 'decrement'")
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValidationError("value must be 0 or more")
+        if operation != "set" and value is None:
+            raise ValidationError(f"{operation} needs a value")
+        now = self.now()
+        state_key = credits_state_key(key_id)
+
+        def step(states: Mapping[str, Doc | None]) -> tuple[dict[str, Doc | None], Doc]:
+            current = states[state_key] or new_credit_state(None, None, now)
+            state = apply_refill(current, now)
+            if operation == "set":
+                state = new_credit_state(value, None, now)
+            elif state["remaining"] is None:
+                raise ValidationError(f"cannot {operation} unlimited credits; set them first")
+            else:
+                delta = value if operation == "increment" else -value  # type: ignore[operator]
+                state = {**state, "remaining": max(0, state["remaining"] + delta)}
+            return {state_key: state}, state
+
+        state = self.store.transact([state_key], step)
+        limited = state["remaining"] is not None
+        if doc.get("credits_limited") != limited:
+            self._save_key({**doc, "credits_limited": limited})
+        return Credits(state["remaining"]) if limited else None
+
+    def _key_doc(self, key_id: str) -> Doc:
+        doc = self.store.get("key", key_id)
+        if doc is None or doc.get("deleted_at") is not None:
+            raise NotFoundError(f"no key {key_id!r}")
+        return doc
+
+    def _save_key(self, doc: Doc) -> KeyInfo:
+        doc["updated_at"] = self.now()
+        self.store.replace("key", doc)
+        publish(self.store.url, doc["hash"])
+        return self._key_info(doc)
+
+    def _apply_key_fields(self, doc: Doc, **fields: Any) -> None:
+        for field, value in fields.items():
+            doc[field] = self._check_key_field(field, value)
+
+    def _check_key_field(self, field: str, value: Any) -> Any:
+        if field == "name":
+            return None if value is None else check_name(value, "key name")
+        if field == "meta":
+            return check_meta(value)
+        if field == "expires":
+            return check_expires(value)
+        if field == "ratelimits":
+            return [_with_id(rl).to_dict() for rl in check_ratelimits(value or ())]
+        if field == "permissions":
+            return self._ensure_permissions(check_slugs(value))
+        return self._existing_roles(check_slugs(value, "role"))
+
+    def _write_credits(self, key_id: str, credit: Credits, now: int) -> None:
+        refill = credit.refill.to_dict() if credit.refill else None
+        state = new_credit_state(credit.remaining, refill, now)
+        key = credits_state_key(key_id)
+        self.store.transact([key], lambda _: ({key: state}, None))
+
+    def _key_info(self, doc: Doc) -> KeyInfo:
+        return self._key_infos([doc])[0]
+
+    def _key_infos(self, docs: Sequence[Doc]) -> list[KeyInfo]:
+        states = self.store.read_states([credits_state_key(d["id"]) for d in docs])
+        now = self.now()
+        infos = []
+        for doc in docs:
+            state = states[credits_state_key(doc["id"])]
+            identity = self.store.get("identity", doc["identity_id"]) if doc.get(
+                "identity_id") else None
+            infos.append(key_info_from_doc(doc, identity, state and apply_refill(state, now)))
+        return infos
+
+    # -- identities --------------------------------------------------------------------
+
+    def create_identity(
+        self, external_id: str, *, meta: Mapping[str, Any] | None = None,
+        ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] = (),
+    ) -> Identity:
+        """Create an identity; its rate limits are shared by every key it owns."""
+        doc: Doc = {
+            "id": new_id("id"), "external_id": check_external_id(external_id),
+            "meta": check_meta(meta),
+            "ratelimits": [_with_id(rl).to_dict() for rl in check_ratelimits(ratelimits)],
+            "created_at": self.now(),
+        }
+        try:
+            self.store.insert("identity", doc)
+        except ConflictError:
+            raise ConflictError(f"identity {external_id!r} exists") from None
+        return identity_from_doc(doc)
+
+    def get_identity(self, identity: str) -> Identity:
+        """An identity by its id or its externalId."""
+        return identity_from_doc(self._identity_doc(identity))
+
+    def list_identities(self) -> list[Identity]:
+        return [identity_from_doc(doc) for doc in self.store.scan_all("identity")]
+
+    def update_identity(
+        self, identity: str, *, meta: Mapping[str, Any] | _Unset | None = UNSET,
+        ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] | _Unset = UNSET,
+    ) -> Identity:
+        doc = self._identity_doc(identity)
+        if meta is not UNSET:
+            doc["meta"] = check_meta(meta)
+        if ratelimits is not UNSET:
+            doc["ratelimits"] = [_with_id(rl).to_dict() for rl in check_ratelimits(ratelimits)]
+        self.store.replace("identity", doc)
+        publish(self.store.url, None)
+        return identity_from_doc(doc)
+
+    def delete_identity(self, identity: str) -> None:
+        doc = self._identity_doc(identity)
+        for key in self.store.scan_all("key", where=("identity_id", doc["id"])):
+            self.store.replace("key", {**key, "identity_id": None})
+        self.store.delete("identity", doc["id"])
+        publish(self.store.url, None)
+
+    def _identity_doc(self, identity: str) -> Doc:
+        doc = self.store.get("identity", identity) or self.store.find(
+            "identity", "external_id", identity)
+        if doc is None:
+            raise NotFoundError(f"no identity {identity!r}")
+        return doc
+
+    def _identity_id_for(self, external_id: str | None) -> str | None:
+        """Find or create the identity of an externalId (as Unkey's createKey does)."""
+        if external_id is None:
+            return None
+        doc = self.store.find("identity", "external_id", check_external_id(external_id))
+        if doc is not None:
+            return str(doc["id"])
+        try:
+            return self.create_identity(external_id).id
+        except ConflictError:  # created by someone else just now
+            return str(self._identity_doc(external_id)["id"])
+
+    # -- roles and permissions -----------------------------------------------------------
+
+    def create_permission(
+        self, slug: str, *, name: str | None = None, description: str | None = None
+    ) -> Permission:
+        check_slugs([slug])
+        doc: Doc = {"id": new_id("perm"), "slug": slug, "name": name or slug,
+                    "description": description}
+        try:
+            self.store.insert("permission", doc)
+        except ConflictError:
+            raise ConflictError(f"permission {slug!r} exists") from None
+        return permission_from_doc(doc)
+
+    def list_permissions(self) -> list[Permission]:
+        return [permission_from_doc(doc) for doc in self.store.scan_all("permission")]
+
+    def delete_permission(self, slug: str) -> None:
+        doc = self.store.find("permission", "slug", slug)
+        if doc is None:
+            raise NotFoundError(f"no permission {slug!r}")
+        for kind in ("role", "key"):
+            for item in self.store.scan_all(kind):
+                if slug in item.get("permissions", ()):
+                    item["permissions"] = [p for p in item["permissions"] if p != slug]
+                    self.store.replace(kind, item)
+        self.store.delete("permission", doc["id"])
+        publish(self.store.url, None)
+
+    def create_role(
+        self, name: str, *, permissions: Iterable[str] = (), description: str | None = None
+    ) -> Role:
+        """A named set of permissions; keys with the role have them all."""
+        doc: Doc = {"id": new_id("role"), "name": check_slugs([name], "role")[0],
+                    "description": description,
+                    "permissions": self._ensure_permissions(check_slugs(permissions))}
+        try:
+            self.store.insert("role", doc)
+        except ConflictError:
+            raise ConflictError(f"role {name!r} exists") from None
+        return role_from_doc(doc)
+
+    def get_role(self, name: str) -> Role:
+        doc = self.store.find("role", "name", name) or self.store.get("role", name)
+        if doc is None:
+            raise NotFoundError(f"no role {name!r}")
+        return role_from_doc(doc)
+
+    def list_roles(self) -> list[Role]:
+        return [role_from_doc(doc) for doc in self.store.scan_all("role")]
+
+    def update_role(self, name: str, *, permissions: Iterable[str]) -> Role:
+        doc = self.store.find("role", "name", name)
+        if doc is None:
+            raise NotFoundError(f"no role {name!r}")
+        doc["permissions"] = self._ensure_permissions(check_slugs(permissions))
+        self.store.replace("role", doc)
+        publish(self.store.url, None)
+        return role_from_doc(doc)
+
+    def delete_role(self, name: str) -> None:
+        doc = self.store.find("role", "name", name)
+        if doc is None:
+            raise NotFoundError(f"no role {name!r}")
+        for key in self.store.scan_all("key"):
+            if name in key.get("roles", ()):
+                self.store.replace("key", {**key, "roles": [r for r in key["roles"] if r != name]})
+        self.store.delete("role", doc["id"])
+        publish(self.store.url, None)
+
+    def _ensure_permissions(self, slugs: list[str]) -> list[str]:
+        for slug in slugs:
+            if self.store.find("permission", "slug", slug) is None:
+                with contextlib.suppress(ConflictError):  # created concurrently: fine
+                    self.create_permission(slug)
+        return slugs
+
+    def _existing_roles(self, names: list[str]) -> list[str]:
+        missing = [n for n in names if self.store.find("role", "name", n) is None]
+        if missing:
+            raise NotFoundError(f"no such role: {', '.join(missing)}; create roles first")
+        return names
+
+
+def _with_id(config: RatelimitConfig) -> RatelimitConfig:
+    if config.id:
+        return config
+    return RatelimitConfig(config.name, config.limit, config.duration, config.auto_apply,
+                           new_id("rl"))

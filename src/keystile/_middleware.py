@@ -1,0 +1,190 @@
+"""``KeyAuthMiddleware``: pure ASGI, two lines to add.
+
+>>> from starlette.applications import Starlette
+>>> app = Starlette()
+>>> app.add_middleware(KeyAuthMiddleware, store="memory://")
+
+Each HTTP request's key is verified; the :class:`VerifyResult` lands in
+``scope["keystile"]`` and Starlette's ``scope["auth"]`` / ``scope["user"]``, so
+``request.auth.scopes`` are the key's permissions. Rejections answer with
+``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import _problem
+from ._errors import ConfigurationError, StoreError, UnknownRatelimitError
+from ._extract import extract_key
+from ._manage import Keystile
+from ._models import VerifyRequest, VerifyResult
+from ._permissions import parse_query
+from ._verify import Verifier
+from .stores import Store
+
+__all__ = ["KeyAuthMiddleware", "KeyUser"]
+
+logger = logging.getLogger("keystile")
+ErrorHandler = Callable[[Scope, Receive, Send, _problem.Problem], Awaitable[None]]
+
+
+class KeyUser(BaseUser):
+    """``request.user`` for a verified key."""
+
+    def __init__(self, result: VerifyResult) -> None:
+        self.result = result
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.result.name or self.result.key_id or ""
+
+    @property
+    def identity(self) -> str:
+        return self.result.key_id or ""
+
+    @property
+    def key_id(self) -> str:
+        return self.result.key_id or ""
+
+    @property
+    def external_id(self) -> str | None:
+        return self.result.identity.external_id if self.result.identity else None
+
+    def __repr__(self) -> str:
+        return f"KeyUser(key_id={self.key_id!r})"
+
+
+async def send_problem(scope: Scope, receive: Receive, send: Send, problem: _problem.Problem) -> None:
+    """The default ``on_error``: send the problem as the whole response."""
+    await send({"type": "http.response.start", "status": problem.status,
+                "headers": problem.raw_headers()})
+    await send({"type": "http.response.body", "body": problem.body()})
+
+
+class KeyAuthMiddleware:
+    """Verify the API key of every HTTP request before the app sees it.
+
+    Options (keyword-only):
+
+    - ``store``: a store URL or :class:`Store` (default ``KEYSTILE_STORE`` or
+      ``sqlite:///./keystile.db``); or ``verifier``: a :class:`Verifier` or
+      :class:`Keystile` to share with the rest of the app.
+    - ``header``: where the key is (``"authorization"`` with the Bearer scheme by
+      default; any other header name holds the bare key, e.g. ``"x-api-key"``).
+    - ``exclude_paths``: path prefixes that need no key (e.g. ``["/health"]``).
+    - ``allow_anonymous``: let requests *without* a key through (``scope["keystile"]``
+      is ``None``); a key that is present must still be valid.
+    - ``permissions``, ``cost``, ``ratelimits``, ``api_id``: what every request asks
+      of its key (a permission query, credits to spend, named limits, the API).
+    - ``ratelimit_headers``: send ``RateLimit``/``RateLimit-Policy`` (default on).
+    - ``on_error``: an ASGI coroutine ``(scope, receive, send, problem)`` to answer
+      rejections differently.
+    - cache options (``cache_ttl``, ``negative_ttl``, ``cache_size``) pass to the verifier.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: Store | str | None = None,
+        verifier: Verifier | Keystile | None = None,
+        header: str = "authorization",
+        exclude_paths: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        permissions: str | None = None,
+        cost: int | None = None,
+        ratelimits: Sequence[str | Mapping[str, Any]] = (),
+        api_id: str | None = None,
+        ratelimit_headers: bool = True,
+        on_error: ErrorHandler | None = None,
+        **verifier_options: Any,
+    ) -> None:
+        self.app = app
+        self.verifier = _verifier(store, verifier, verifier_options)
+        self.header = header.lower().encode("latin-1")
+        self.scheme = "bearer" if self.header == b"authorization" else None
+        self.exclude_paths = tuple(exclude_paths)
+        self.allow_anonymous = allow_anonymous
+        if permissions is not None:
+            parse_query(permissions)  # a bad query fails here, at startup
+        if cost is not None and cost < 0:
+            raise ConfigurationError("cost must be 0 or more")
+        self.request = VerifyRequest(permissions=permissions, cost=cost,
+                                     ratelimits=tuple(ratelimits), api_id=api_id)
+        self.ratelimit_headers = ratelimit_headers
+        self.on_error = on_error or send_problem
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exclude_paths or ("\0",)):
+            await self.app(scope, receive, send)
+            return
+        extracted = extract_key(scope["headers"], header=self.header, scheme=self.scheme)
+        if extracted.key is None:
+            if extracted.missing and self.allow_anonymous:
+                scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
+                await self.app(scope, receive, send)
+                return
+            problem = _problem.missing_key() if extracted.missing else _problem.malformed_key(
+                extracted.problem or "")
+            await self.on_error(scope, receive, send, problem)
+            return
+        result = await self._verify(scope, extracted.key)
+        if isinstance(result, _problem.Problem):
+            await self.on_error(scope, receive, send, result)
+            return
+        scope.update(keystile=result, auth=AuthCredentials(list(result.permissions)),
+                     user=KeyUser(result))
+        if self.ratelimit_headers and result.ratelimits:
+            send = self._with_headers(send, _problem.ratelimit_headers(result, self.verifier.now()))
+        await self.app(scope, receive, send)
+
+    async def _verify(self, scope: Scope, key: str) -> VerifyResult | _problem.Problem:
+        client = scope.get("client")
+        request = self.request if client is None else _with_ip(self.request, client[0])
+        try:
+            result = await self.verifier.verify_request_async(key, request)
+        except UnknownRatelimitError as exc:
+            return _problem.misconfigured_ratelimit(exc.name)
+        except StoreError as exc:
+            logger.warning("keystile: store unavailable, answering 503: %s", exc)
+            return _problem.store_unavailable()
+        if not result.valid:
+            logger.debug("keystile: rejected key_id=%s code=%s", result.key_id, result.code.value)
+            return _problem.problem_for_result(result, self.verifier.now())
+        return result
+
+    @staticmethod
+    def _with_headers(send: Send, headers: list[tuple[str, str]]) -> Send:
+        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *raw]}
+            await send(message)
+
+        return send_with_headers
+
+
+def _verifier(
+    store: Store | str | None, verifier: Verifier | Keystile | None, options: dict[str, Any]
+) -> Verifier:
+    if verifier is not None:
+        if store is not None or options:
+            raise ConfigurationError("pass either verifier= or store= and cache options, not both")
+        return verifier.verifier if isinstance(verifier, Keystile) else verifier
+    return Verifier(store, **options)
+
+
+def _with_ip(request: VerifyRequest, ip: str) -> VerifyRequest:
+    return VerifyRequest(request.permissions, request.cost, request.ratelimits, request.api_id,
+                         ip, request.tags)

@@ -1,0 +1,376 @@
+"""The typed objects of keystile: what is stored, what a verify returns.
+
+Everything here is an immutable dataclass. ``to_dict()`` gives the JSON shape with
+Unkey's camelCase field names, omitting unset optional fields as Unkey does.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Api",
+    "Code",
+    "CreatedKey",
+    "Credits",
+    "Identity",
+    "KeyInfo",
+    "KeyRecord",
+    "Keyspace",
+    "Permission",
+    "RatelimitConfig",
+    "RatelimitResult",
+    "Refill",
+    "Role",
+    "VerifyRequest",
+    "VerifyResult",
+]
+
+JSON = dict[str, Any]
+Interval = Literal["daily", "monthly"]
+
+
+class Code(enum.StrEnum):
+    """Verification outcomes, in the order Unkey decides them."""
+
+    NOT_FOUND = "NOT_FOUND"
+    DISABLED = "DISABLED"
+    EXPIRED = "EXPIRED"
+    FORBIDDEN = "FORBIDDEN"
+    INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
+    RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXCEEDED = "USAGE_EXCEEDED"
+    VALID = "VALID"
+
+
+@dataclass(frozen=True, slots=True)
+class Refill:
+    """Credits refill: ``daily`` at 00:00 UTC or ``monthly`` on ``refill_day``."""
+
+    interval: Interval
+    amount: int
+    refill_day: int | None = None
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"interval": self.interval, "amount": self.amount}
+        if self.refill_day is not None:
+            out["refillDay"] = self.refill_day
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Refill:
+        return cls(data["interval"], int(data["amount"]), data.get("refillDay"))
+
+
+@dataclass(frozen=True, slots=True)
+class Credits:
+    """A key's credits: ``remaining=None`` means unlimited."""
+
+    remaining: int | None
+    refill: Refill | None = None
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"remaining": self.remaining}
+        if self.refill is not None:
+            out["refill"] = self.refill.to_dict()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RatelimitConfig:
+    """A named rate limit: ``limit`` requests per ``duration`` milliseconds."""
+
+    name: str
+    limit: int
+    duration: int
+    auto_apply: bool = False
+    id: str = ""
+
+    def to_dict(self) -> JSON:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "limit": self.limit,
+            "duration": self.duration,
+            "autoApply": self.auto_apply,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RatelimitConfig:
+        return cls(
+            name=data["name"],
+            limit=int(data["limit"]),
+            duration=int(data["duration"]),
+            auto_apply=bool(data.get("autoApply", False)),
+            id=data.get("id", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a key belongs to; its rate limits are shared by all its keys."""
+
+    id: str
+    external_id: str
+    meta: JSON | None = None
+    ratelimits: tuple[RatelimitConfig, ...] = ()
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"id": self.id, "externalId": self.external_id}
+        if self.meta is not None:
+            out["meta"] = self.meta
+        if self.ratelimits:
+            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """A container of keys; it owns exactly one keyspace."""
+
+    id: str
+    name: str
+    keyspace_id: str
+    created_at: int
+
+    def to_dict(self) -> JSON:
+        return {"id": self.id, "name": self.name, "keyspaceId": self.keyspace_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """The key settings of an API: prefix, key length, whitelist, protection."""
+
+    id: str
+    api_id: str
+    prefix: str
+    default_bytes: int = 16
+    store_encrypted_keys: bool = False
+    ip_whitelist: tuple[str, ...] = ()
+    delete_protection: bool = False
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), compare=False, repr=False
+    )
+
+    def to_dict(self) -> JSON:
+        return {
+            "id": self.id,
+            "apiId": self.api_id,
+            "prefix": self.prefix,
+            "defaultBytes": self.default_bytes,
+            "storeEncryptedKeys": self.store_encrypted_keys,
+            "ipWhitelist": list(self.ip_whitelist),
+            "deleteProtection": self.delete_protection,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    id: str
+    name: str
+    slug: str
+    description: str | None = None
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"id": self.id, "name": self.name, "slug": self.slug}
+        if self.description is not None:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    id: str
+    name: str
+    description: str | None = None
+    permissions: tuple[str, ...] = ()
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"id": self.id, "name": self.name}
+        if self.description is not None:
+            out["description"] = self.description
+        if self.permissions:
+            out["permissions"] = list(self.permissions)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What verification needs of a key: the static part, safe to cache.
+
+    ``permissions`` (sorted) already holds the permissions of the key's roles. Credits and
+    rate-limit counters are not here: they live in the store and are never decided
+    from a cached copy.
+    """
+
+    key_id: str
+    keyspace_id: str
+    api_id: str
+    name: str | None
+    meta: JSON | None
+    expires: int | None
+    enabled: bool
+    roles: tuple[str, ...]
+    permissions: tuple[str, ...]
+    ratelimits: tuple[RatelimitConfig, ...]
+    identity: Identity | None
+    credits_limited: bool
+    permission_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.permission_set and self.permissions:
+            object.__setattr__(self, "permission_set", frozenset(self.permissions))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as management sees it (never the plaintext, never the hash)."""
+
+    id: str
+    api_id: str
+    keyspace_id: str
+    start: str
+    enabled: bool
+    created_at: int
+    updated_at: int | None = None
+    name: str | None = None
+    meta: JSON | None = None
+    expires: int | None = None
+    roles: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ()
+    ratelimits: tuple[RatelimitConfig, ...] = ()
+    credits: Credits | None = None
+    identity: Identity | None = None
+
+    def to_dict(self) -> JSON:
+        out: JSON = {
+            "keyId": self.id,
+            "start": self.start,
+            "enabled": self.enabled,
+            "createdAt": self.created_at,
+        }
+        optional: JSON = {
+            "apiId": self.api_id,
+            "name": self.name,
+            "meta": self.meta,
+            "updatedAt": self.updated_at,
+            "expires": self.expires,
+            "credits": self.credits.to_dict() if self.credits else None,
+            "identity": self.identity.to_dict() if self.identity else None,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        if self.roles:
+            out["roles"] = list(self.roles)
+        if self.permissions:
+            out["permissions"] = list(self.permissions)
+        if self.ratelimits:
+            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """The answer to creating a key: the only time the plaintext is seen."""
+
+    key_id: str
+    key: str = field(repr=False)
+
+    def to_dict(self) -> JSON:
+        return {"keyId": self.key_id, "key": self.key}
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """What the route asks of a key besides the key itself."""
+
+    permissions: str | None = None
+    cost: int | None = None
+    ratelimits: tuple[str | Mapping[str, Any], ...] = ()
+    api_id: str | None = None
+    ip: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RatelimitResult:
+    """One rate limit as checked by a verify; ``reset`` is the window end (Unix ms)."""
+
+    name: str
+    limit: int
+    duration: int
+    remaining: int
+    reset: int
+    exceeded: bool
+    id: str = ""
+    auto_apply: bool = False
+
+    def to_dict(self) -> JSON:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "limit": self.limit,
+            "duration": self.duration,
+            "reset": self.reset,
+            "remaining": self.remaining,
+            "exceeded": self.exceeded,
+            "autoApply": self.auto_apply,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of a verification, with Unkey's field set.
+
+    ``credits`` is what remains after this verification (``None``: unlimited).
+    Everything but ``valid`` and ``code`` is unset for ``NOT_FOUND``.
+    """
+
+    valid: bool
+    code: Code
+    key_id: str | None = None
+    keyspace_id: str | None = None
+    api_id: str | None = None
+    name: str | None = None
+    meta: JSON | None = None
+    expires: int | None = None
+    credits: int | None = None
+    enabled: bool | None = None
+    roles: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ()
+    identity: Identity | None = None
+    ratelimits: tuple[RatelimitResult, ...] = ()
+    credits_reset: int | None = None  # keystile's own: next refill when USAGE_EXCEEDED
+
+    def to_dict(self) -> JSON:
+        """The result as Unkey's ``keys.verifyKey`` ``data`` object."""
+        out: JSON = {"valid": self.valid, "code": self.code.value}
+        if self.key_id is None:
+            return out
+        optional: JSON = {
+            "keyId": self.key_id,
+            "keyspaceId": self.keyspace_id,
+            "apiId": self.api_id,
+            "name": self.name,
+            "meta": self.meta,
+            "expires": self.expires,
+            "credits": self.credits,
+            "enabled": self.enabled,
+            "identity": self.identity.to_dict() if self.identity else None,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        out["roles"] = list(self.roles)
+        out["permissions"] = list(self.permissions)
+        if self.ratelimits:
+            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
+        return out
+
+    @property
+    def tightest_ratelimit(self) -> RatelimitResult | None:
+        """The checked limit with the fewest remaining (for the RateLimit headers)."""
+        if not self.ratelimits:
+            return None
+        return min(self.ratelimits, key=lambda rl: (rl.remaining, rl.reset))

@@ -1,0 +1,205 @@
+"""``sqlite:///path.db``: the embedded default, stdlib ``sqlite3`` in WAL mode.
+
+One connection per thread and process. Every state change is one ``BEGIN
+IMMEDIATE`` transaction, so credits and rate limits stay exact across threads and
+across processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+from ._base import KINDS, Doc, State, Store
+
+__all__ = ["SQLiteStore"]
+
+R = TypeVar("R")
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,"
+    " PRIMARY KEY (kind, id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
+]
+for _kind, (_uniques, _groups) in KINDS.items():
+    _SCHEMA += [
+        f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'))"
+        f" WHERE kind = '{_kind}'"
+        for _f in _uniques
+    ]
+    _SCHEMA += [
+        f"CREATE INDEX IF NOT EXISTS g_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'), id)"
+        f" WHERE kind = '{_kind}'"
+        for _f in _groups
+    ]
+
+
+def _path_from_url(url: str) -> str:
+    if not url.startswith("sqlite://"):
+        raise ConfigurationError(f"not a SQLite URL: {url!r}")
+    path = url[len("sqlite://"):]
+    if path.startswith("/"):
+        path = path[1:]  # sqlite:///keys.db -> keys.db, sqlite:////abs/keys.db -> /abs/keys.db
+    if not path:
+        raise ConfigurationError("a SQLite URL needs a path, e.g. sqlite:///keystile.db")
+    return path
+
+
+class SQLiteStore(Store):
+    """A SQLite file shared by the threads and processes of one machine."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        super().__init__(url)
+        self.path = _path_from_url(url)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._closed = False
+        with self._errors():
+            self._connect()  # fail at construction on a bad path, and create the schema
+
+    # -- connections ----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailableError(f"the store {self.url} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise ConfigurationError(f"the directory of {self.path!r} does not exist")
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal" and self.path != ":memory:":
+            raise ConfigurationError(f"{self.path!r} cannot use WAL mode")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._create_schema(conn)
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'state'").fetchone():
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"a unique field clashes: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"SQLite store {self.path!r}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path!r}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._errors():
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._errors():
+            return self._connect().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self._closed = True
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- documents --------------------------------------------------------------------
+
+    def get(self, kind: str, id: str) -> Doc | None:
+        rows = self._query("SELECT doc FROM docs WHERE kind = ? AND id = ?", (kind, id))
+        return json.loads(rows[0][0]) if rows else None
+
+    def find(self, kind: str, field: str, value: str) -> Doc | None:
+        if field not in KINDS[kind][0]:
+            raise ValueError(f"{field!r} is not a unique field of {kind!r}")
+        rows = self._query(
+            f"SELECT doc FROM docs WHERE kind = '{kind}' AND json_extract(doc, '$.{field}') = ?",
+            (value,),
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    def scan(
+        self, kind: str, *, where: tuple[str, str] | None = None, after: str | None = None,
+        limit: int = 100,
+    ) -> list[Doc]:
+        sql = f"SELECT doc FROM docs WHERE kind = '{kind}' AND id > ?"
+        params: list[Any] = [after or ""]
+        if where is not None:
+            if where[0] not in KINDS[kind][1]:
+                raise ValueError(f"{where[0]!r} is not a grouping field of {kind!r}")
+            sql += f" AND json_extract(doc, '$.{where[0]}') = ?"
+            params.append(where[1])
+        rows = self._query(sql + " ORDER BY id LIMIT ?", [*params, limit])
+        return [json.loads(row[0]) for row in rows]
+
+    def insert(self, kind: str, doc: Doc) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO docs (kind, id, doc) VALUES (?, ?, ?)",
+                         (kind, doc["id"], json.dumps(doc)))
+
+    def replace(self, kind: str, doc: Doc) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO docs (kind, id, doc) VALUES (?, ?, ?)",
+                         (kind, doc["id"], json.dumps(doc)))
+
+    def delete(self, kind: str, id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM docs WHERE kind = ? AND id = ?", (kind, id))
+
+    # -- states -------------------------------------------------------------------------
+
+    def transact(
+        self, keys: Sequence[str],
+        fn: Callable[[Mapping[str, State | None]], tuple[dict[str, State | None], R]],
+    ) -> R:
+        with self._transaction() as conn:
+            writes, value = fn(self._read_states(conn, keys))
+            for key, state in writes.items():
+                if state is None:
+                    conn.execute("DELETE FROM state WHERE k = ?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO state (k, v) VALUES (?, ?)",
+                                 (key, json.dumps(state)))
+            return value
+
+    def read_states(self, keys: Sequence[str]) -> dict[str, State | None]:
+        with self._errors():
+            return self._read_states(self._connect(), keys)
+
+    @staticmethod
+    def _read_states(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, State | None]:
+        states: dict[str, State | None] = dict.fromkeys(keys)
+        if keys:
+            marks = ",".join("?" * len(keys))
+            for k, v in conn.execute(f"SELECT k, v FROM state WHERE k IN ({marks})", list(keys)):
+                states[k] = json.loads(v)
+        return states
