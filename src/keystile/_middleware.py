@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _problem
 from ._errors import ConfigurationError, StoreError, UnknownRatelimitError
-from ._extract import extract_key
+from ._extract import Extracted, extract_key
 from ._manage import Keystile
 from ._models import VerifyRequest, VerifyResult
 from ._permissions import parse_query
@@ -31,6 +31,7 @@ from .stores import Store
 __all__ = ["KeyAuthMiddleware", "KeyUser"]
 
 logger = logging.getLogger("keystile")
+_NO_KEY = Extracted(None, "missing")
 ErrorHandler = Callable[[Scope, Receive, Send, _problem.Problem], Awaitable[None]]
 
 
@@ -81,7 +82,8 @@ class KeyAuthMiddleware:
       :class:`Keystile` to share with the rest of the app.
     - ``header``: where the key is (``"authorization"`` with the Bearer scheme by
       default; any other header name holds the bare key, e.g. ``"x-api-key"``).
-    - ``exclude_paths``: path prefixes that need no key (e.g. ``["/health"]``).
+    - ``exclude_paths``: path prefixes that need no key (e.g. ``["/health"]``); their
+      requests pass as anonymous (``scope["keystile"]`` is ``None``).
     - ``allow_anonymous``: let requests *without* a key through (``scope["keystile"]``
       is ``None``); a key that is present must still be valid.
     - ``permissions``, ``cost``, ``ratelimits``, ``api_id``: what every request asks
@@ -125,12 +127,14 @@ class KeyAuthMiddleware:
         self.on_error = on_error or send_problem
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exclude_paths or ("\0",)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extracted = extract_key(scope["headers"], header=self.header, scheme=self.scheme)
+        excluded = self.exclude_paths and scope["path"].startswith(self.exclude_paths)
+        extracted = _NO_KEY if excluded else extract_key(scope["headers"], header=self.header,
+                                                         scheme=self.scheme)
         if extracted.key is None:
-            if extracted.missing and self.allow_anonymous:
+            if excluded or (extracted.missing and self.allow_anonymous):
                 scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
                 await self.app(scope, receive, send)
                 return

@@ -1,0 +1,358 @@
+"""The ``keystile`` command line: manage APIs and keys, verify, run the demo.
+
+Every command takes ``--store URL`` (default ``KEYSTILE_STORE`` or
+``sqlite:///./keystile.db``) and ``--json`` for output that scripts can rely on.
+Exit status: 0 on success (for ``keys verify``: the key is valid), 1 when a
+verified key is not valid, 2 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import KeystileError, ValidationError
+from ._manage import UNSET, Keystile
+from ._models import Credits, RatelimitConfig, Refill
+
+__all__ = ["main"]
+
+Handler = Callable[[Keystile, argparse.Namespace], tuple[Any, int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        return run_demo(store=args.store, host=args.host, port=args.port, check=args.check)
+    try:
+        with Keystile(args.store) as ks:
+            payload, status = args.handler(ks, args)
+    except KeystileError as exc:
+        _print_error(exc, args.json)
+        return 2
+    _print(payload, args.json)
+    return status
+
+
+def _print(payload: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, sort_keys=True))
+    elif isinstance(payload, dict):
+        for name, value in payload.items():
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            print(f"{name}: {shown}")
+    elif isinstance(payload, list):
+        for item in payload:
+            print(json.dumps(item, sort_keys=True))
+
+
+def _print_error(exc: KeystileError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
+    else:
+        print(f"keystile: error: {exc}", file=sys.stderr)
+
+
+# -- argument types --------------------------------------------------------------------
+
+
+def ratelimit_spec(text: str) -> RatelimitConfig:
+    """``name:limit:duration_ms`` (applied on every verify) or ``…:named`` (only when named)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("auto", "named")):
+        raise argparse.ArgumentTypeError("expected name:limit:duration_ms[:named]")
+    try:
+        return RatelimitConfig(parts[0], int(parts[1]), int(parts[2]),
+                               auto_apply=len(parts) == 3 or parts[3] == "auto")
+    except ValueError:
+        raise argparse.ArgumentTypeError("limit and duration_ms must be integers") from None
+
+
+def refill_spec(text: str) -> Refill:
+    """``daily:AMOUNT`` or ``monthly:AMOUNT[:DAY]``."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "daily" and len(parts) == 2:
+            return Refill("daily", int(parts[1]))
+        if parts[0] == "monthly" and len(parts) in (2, 3):
+            return Refill("monthly", int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("expected daily:AMOUNT or monthly:AMOUNT[:DAY]")
+
+
+def expires_spec(text: str) -> int:
+    """Unix milliseconds, or an ISO 8601 time (UTC when it has no offset)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected ISO 8601 (2027-01-31T00:00Z) or Unix ms") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def meta_spec(text: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"plan\": \"pro\"}'") from None
+    if not isinstance(meta, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return meta
+
+
+def credits_spec(text: str) -> int | None:
+    if text == "unlimited":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError("expected a number of credits or 'unlimited'")
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+def _apis_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    api = ks.create_api(a.name, prefix=a.prefix, default_bytes=a.bytes, ip_whitelist=a.ip,
+                        delete_protection=a.delete_protection)
+    return {"apiId": api.id, "keyspaceId": api.keyspace_id, "prefix": a.prefix}, 0
+
+
+def _api_view(ks: Keystile, api_id: str) -> dict[str, Any]:
+    api = ks.get_api(api_id)
+    return {**api.to_dict(), "keyspace": ks.get_keyspace(api.keyspace_id).to_dict()}
+
+
+def _apis_get(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return _api_view(ks, a.api_id), 0
+
+
+def _apis_list(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return [_api_view(ks, api.id) for api in ks.list_apis()], 0
+
+
+def _apis_delete(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    ks.delete_api(a.api_id)
+    return {"deleted": a.api_id}, 0
+
+
+def _credits(a: argparse.Namespace) -> Credits | None:
+    if a.refill is not None and a.credits is None:
+        raise ValidationError("--refill needs --credits")
+    return None if a.credits is None else Credits(a.credits, a.refill)
+
+
+def _keys_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    created = ks.create_key(
+        a.api, name=a.name, byte_length=a.bytes, external_id=a.external_id, meta=a.meta,
+        expires=a.expires, credits=_credits(a), ratelimits=a.ratelimit,
+        permissions=a.permission, roles=a.role, enabled=not a.disabled,
+    )
+    return created.to_dict(), 0
+
+
+def _read_key(text: str) -> str:
+    return sys.stdin.readline().strip() if text == "-" else text
+
+
+def _keys_verify(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    result = ks.verify(_read_key(a.key), permissions=a.permissions, cost=a.cost,
+                       ratelimits=tuple(a.ratelimit), api_id=a.api, ip=a.ip)
+    return result.to_dict(), 0 if result.valid else 1
+
+
+def _keys_get(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return ks.get_key(a.key_id).to_dict(), 0
+
+
+def _keys_list(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    page = ks.list_keys(a.api, limit=a.limit, cursor=a.cursor, external_id=a.external_id)
+    return {"keys": [k.to_dict() for k in page.keys], "cursor": page.cursor,
+            "hasMore": page.has_more}, 0
+
+
+def _keys_update(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    changes: dict[str, Any] = {
+        "name": a.name, "meta": a.meta, "expires": a.expires, "external_id": a.external_id,
+        "permissions": a.permission, "roles": a.role, "ratelimits": a.ratelimit,
+    }
+    given = {k: v for k, v in changes.items() if v is not None}
+    if a.no_expiry:
+        given["expires"] = None
+    if a.enable or a.disable:
+        given["enabled"] = bool(a.enable)
+    if a.credits is not UNSET:
+        given["credits"] = _credits(a)
+    return ks.update_key(a.key_id, **given).to_dict(), 0
+
+
+def _keys_delete(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    ks.delete_key(a.key_id, permanent=a.permanent)
+    return {"deleted": a.key_id, "permanent": a.permanent}, 0
+
+
+def _keys_credits(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    credits = ks.update_credits(a.key_id, a.operation, a.value)
+    return {"remaining": credits.remaining if credits else None}, 0
+
+
+def _identities_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return ks.create_identity(a.external_id, meta=a.meta, ratelimits=a.ratelimit).to_dict(), 0
+
+
+def _roles_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    role = ks.create_role(a.name, permissions=a.permission, description=a.description)
+    return role.to_dict(), 0
+
+
+def _permissions_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return ks.create_permission(a.slug, name=a.name, description=a.description).to_dict(), 0
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=None,
+                        help="store URL (default: $KEYSTILE_STORE or sqlite:///./keystile.db)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keystile", description="API keys: manage and verify.")
+    groups = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = [_common()]
+    _add_apis(groups.add_parser("apis", help="APIs and their keyspaces").add_subparsers(
+        dest="action", metavar="ACTION", required=True), common)
+    _add_keys(groups.add_parser("keys", help="issue, verify and manage keys").add_subparsers(
+        dest="action", metavar="ACTION", required=True), common)
+    _add_rbac(groups, common)
+    demo = groups.add_parser("demo", parents=common,
+                             help="run the example app on a fresh SQLite store")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--check", action="store_true",
+                      help="send the demo requests, print the answers, exit 0 if all are right")
+    demo.set_defaults(handler=None)
+    return parser
+
+
+def _add_apis(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    create = sub.add_parser("create", parents=common, help="create an API with a key prefix")
+    create.add_argument("name")
+    create.add_argument("--prefix", required=True, help="key prefix, e.g. sk_live (<= 8 chars)")
+    create.add_argument("--bytes", type=int, default=16, help="random bytes per key (16-32)")
+    create.add_argument("--ip", action="append", default=[], help="allowed client CIDR (repeat)")
+    create.add_argument("--delete-protection", action="store_true")
+    create.set_defaults(handler=_apis_create)
+    for name, handler in (("get", _apis_get), ("delete", _apis_delete)):
+        action = sub.add_parser(name, parents=common)
+        action.add_argument("api_id")
+        action.set_defaults(handler=handler)
+    sub.add_parser("list", parents=common).set_defaults(handler=_apis_list)
+
+
+def _key_options(parser: argparse.ArgumentParser, *, creating: bool) -> None:
+    parser.add_argument("--name")
+    parser.add_argument("--external-id", help="the owner; created if new")
+    parser.add_argument("--meta", type=meta_spec, help="a JSON object")
+    parser.add_argument("--expires", type=expires_spec, help="ISO 8601 or Unix ms")
+    parser.add_argument("--credits", type=credits_spec,
+                        default=None if creating else UNSET, help="credits (or 'unlimited')")
+    parser.add_argument("--refill", type=refill_spec, help="daily:AMOUNT or monthly:AMOUNT[:DAY]")
+    parser.add_argument("--ratelimit", type=ratelimit_spec, action="append",
+                        default=[] if creating else None, help="name:limit:duration_ms[:named]")
+    parser.add_argument("--permission", action="append", default=[] if creating else None)
+    parser.add_argument("--role", action="append", default=[] if creating else None)
+
+
+def _add_keys(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    create = sub.add_parser("create", parents=common, help="issue a key (shown once)")
+    create.add_argument("--api", required=True)
+    create.add_argument("--bytes", type=int, default=None)
+    create.add_argument("--disabled", action="store_true")
+    _key_options(create, creating=True)
+    create.set_defaults(handler=_keys_create)
+
+    verify = sub.add_parser("verify", parents=common, help="verify a key ('-' reads stdin)")
+    verify.add_argument("key")
+    verify.add_argument("--permissions", help="a permission query, e.g. 'read AND write'")
+    verify.add_argument("--cost", type=int, default=None)
+    verify.add_argument("--ratelimit", action="append", default=[], help="a named limit to apply")
+    verify.add_argument("--api", default=None, help="require a key of this API")
+    verify.add_argument("--ip", default=None, help="the client IP for whitelists")
+    verify.set_defaults(handler=_keys_verify)
+
+    for name, handler in (("get", _keys_get), ("delete", _keys_delete)):
+        action = sub.add_parser(name, parents=common)
+        action.add_argument("key_id")
+        action.set_defaults(handler=handler)
+    sub.choices["delete"].add_argument("--permanent", action="store_true")
+
+    listing = sub.add_parser("list", parents=common)
+    listing.add_argument("--api", required=True)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--cursor")
+    listing.add_argument("--external-id")
+    listing.set_defaults(handler=_keys_list)
+
+    update = sub.add_parser("update", parents=common, help="change a key")
+    update.add_argument("key_id")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--enable", action="store_true")
+    state.add_argument("--disable", action="store_true")
+    update.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    _key_options(update, creating=False)
+    update.set_defaults(handler=_keys_update)
+
+    credits = sub.add_parser("credits", parents=common, help="set, increment or decrement credits")
+    credits.add_argument("key_id")
+    credits.add_argument("operation", choices=["set", "increment", "decrement"])
+    credits.add_argument("value", type=credits_spec, nargs="?", default=None)
+    credits.set_defaults(handler=_keys_credits)
+
+
+def _add_rbac(groups: Any, common: list[argparse.ArgumentParser]) -> None:
+    identities = groups.add_parser("identities", help="owners of keys, with shared limits")
+    ident_create = identities.add_subparsers(dest="action", required=True).add_parser(
+        "create", parents=common)
+    ident_create.add_argument("external_id")
+    ident_create.add_argument("--meta", type=meta_spec)
+    ident_create.add_argument("--ratelimit", type=ratelimit_spec, action="append", default=[])
+    ident_create.set_defaults(handler=_identities_create)
+
+    roles = groups.add_parser("roles", help="named sets of permissions")
+    role_create = roles.add_subparsers(dest="action", required=True).add_parser(
+        "create", parents=common)
+    role_create.add_argument("name")
+    role_create.add_argument("--permission", action="append", default=[])
+    role_create.add_argument("--description")
+    role_create.set_defaults(handler=_roles_create)
+
+    permissions = groups.add_parser("permissions", help="permissions")
+    perm_create = permissions.add_subparsers(dest="action", required=True).add_parser(
+        "create", parents=common)
+    perm_create.add_argument("slug")
+    perm_create.add_argument("--name")
+    perm_create.add_argument("--description")
+    perm_create.set_defaults(handler=_permissions_create)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

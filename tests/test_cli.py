@@ -1,0 +1,166 @@
+"""The keystile command line, run in-process with its real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keystile.cli import main
+
+
+class Cli:
+    def __init__(self, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.store = store
+        self.capsys = capsys
+
+    def __call__(self, *argv: str, status: int = 0) -> Any:
+        code = main([*argv, "--store", self.store, "--json"])
+        out = self.capsys.readouterr().out
+        assert code == status, out
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(sqlite_url, capsys)
+
+
+@pytest.fixture
+def api(cli: Cli) -> dict[str, Any]:
+    created: dict[str, Any] = cli("apis", "create", "payments", "--prefix", "sk_live")
+    return created
+
+
+def test_if_api_created_then_json_has_api_keyspace_and_prefix(api: dict[str, Any]) -> None:
+    assert set(api) == {"apiId", "keyspaceId", "prefix"}
+    assert api["apiId"].startswith("api_")
+    assert api["keyspaceId"].startswith("ks_")
+    assert api["prefix"] == "sk_live"
+
+
+def test_if_key_created_with_options_then_get_shows_them(cli: Cli, api: dict[str, Any]) -> None:
+    created = cli("keys", "create", "--api", api["apiId"], "--name", "n1", "--external-id", "acme",
+                  "--credits", "100", "--refill", "monthly:100:1",
+                  "--ratelimit", "requests:10:60000", "--permission", "docs.read",
+                  "--expires", "2030-01-01T00:00Z", "--meta", '{"plan": "pro"}')
+    assert created["key"].startswith("sk_live_")
+    info = cli("keys", "get", created["keyId"])
+    assert info["name"] == "n1"
+    assert info["identity"]["externalId"] == "acme"
+    assert info["credits"] == {"remaining": 100,
+                               "refill": {"interval": "monthly", "amount": 100, "refillDay": 1}}
+    assert info["ratelimits"][0]["autoApply"] is True
+    assert info["permissions"] == ["docs.read"]
+    assert info["expires"] == 1_893_456_000_000
+    assert info["meta"] == {"plan": "pro"}
+    assert created["key"] not in json.dumps(info)
+
+
+def test_if_key_verified_then_exit_status_says_whether_it_is_valid(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    key = cli("keys", "create", "--api", api["apiId"], "--credits", "1",
+              "--permission", "read")["key"]
+    valid = cli("keys", "verify", key, "--permissions", "read")
+    spent = cli("keys", "verify", key, status=1)
+    assert valid["valid"] is True
+    assert valid["credits"] == 0
+    assert spent["code"] == "USAGE_EXCEEDED"
+    assert cli("keys", "verify", key, "--permissions", "write", "--cost", "0",
+               status=1)["code"] == "INSUFFICIENT_PERMISSIONS"
+
+
+def test_if_key_verified_from_stdin_then_it_is_not_on_the_command_line(
+    cli: Cli, api: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = cli("keys", "create", "--api", api["apiId"])["key"]
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(key + "\n"))
+    assert cli("keys", "verify", "-")["valid"] is True
+
+
+def test_if_named_ratelimit_verified_then_it_applies_only_when_named(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    key = cli("keys", "create", "--api", api["apiId"], "--ratelimit", "burst:1:60000:named")["key"]
+    assert cli("keys", "verify", key)["valid"] is True
+    assert cli("keys", "verify", key)["valid"] is True
+    assert cli("keys", "verify", key, "--ratelimit", "burst")["valid"] is True
+    assert cli("keys", "verify", key, "--ratelimit", "burst", status=1)["code"] == "RATE_LIMITED"
+
+
+def test_if_keys_listed_updated_and_deleted_then_each_change_shows(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    ids = [cli("keys", "create", "--api", api["apiId"])["keyId"] for _ in range(3)]
+    first = cli("keys", "list", "--api", api["apiId"], "--limit", "2")
+    rest = cli("keys", "list", "--api", api["apiId"], "--cursor", first["cursor"])
+    assert first["hasMore"] is True
+    assert [k["keyId"] for k in first["keys"] + rest["keys"]] == sorted(ids)
+    assert cli("keys", "update", ids[0], "--disable")["enabled"] is False
+    assert cli("keys", "update", ids[0], "--enable", "--name", "x")["name"] == "x"
+    assert cli("keys", "credits", ids[0], "set", "5") == {"remaining": 5}
+    assert cli("keys", "credits", ids[0], "decrement", "9") == {"remaining": 0}
+    assert cli("keys", "delete", ids[1])["deleted"] == ids[1]
+    assert len(cli("keys", "list", "--api", api["apiId"])["keys"]) == 2
+
+
+def test_if_apis_listed_got_and_deleted_then_json_describes_them(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    listed = cli("apis", "list")
+    assert [a["id"] for a in listed] == [api["apiId"]]
+    assert cli("apis", "get", api["apiId"])["keyspace"]["prefix"] == "sk_live"
+    cli("apis", "delete", api["apiId"])
+    assert cli("apis", "list") == []
+
+
+def test_if_roles_identities_and_permissions_created_then_keys_can_use_them(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    cli("permissions", "create", "billing.read")
+    cli("roles", "create", "billing", "--permission", "billing.read", "--permission", "billing.write")
+    cli("identities", "create", "acme", "--ratelimit", "shared:1:60000")
+    key = cli("keys", "create", "--api", api["apiId"], "--role", "billing",
+              "--external-id", "acme")["key"]
+    result = cli("keys", "verify", key, "--permissions", "billing.read AND billing.write")
+    assert result["roles"] == ["billing"]
+    assert cli("keys", "verify", key, status=1)["code"] == "RATE_LIMITED"
+
+
+@pytest.mark.parametrize("argv", [
+    ["apis", "create", "x", "--prefix", "bad-prefix!"],
+    ["keys", "get", "key_nope"],
+    ["keys", "verify", "sk_live_x", "--permissions", "read AND"],
+])
+def test_if_command_fails_then_exit_2_with_a_json_error(cli: Cli, argv: list[str]) -> None:
+    error = cli(*argv, status=2)["error"]
+    assert error["type"].endswith("Error")
+    assert error["message"]
+
+
+def test_if_error_without_json_then_message_goes_to_stderr(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "get", "key_nope", "--store", sqlite_url]) == 2
+    assert "keystile: error: no key 'key_nope'" in capsys.readouterr().err
+
+
+def test_if_demo_checked_then_every_answer_is_as_expected(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "all answers as expected" in out
+    assert "WRONG" not in out
+
+
+def test_if_console_script_runs_then_help_lists_the_commands() -> None:
+    script = Path(sys.executable).parent / "keystile"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("apis", "keys", "demo"):
+        assert command in out
