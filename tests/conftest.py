@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from keystile import Keystile
+from keystile import Keystile, MemoryStore, SQLiteStore, Store
 
 # 2026-03-15 12:00:00 UTC: mid-day, mid-month, so refills and windows are predictable.
 T0 = 1_773_576_000_000
@@ -73,3 +76,78 @@ def redis_url() -> str:
     if os.environ.get("KEYSTILE_REQUIRE_REDIS") == "1":
         pytest.fail(f"KEYSTILE_REQUIRE_REDIS=1 but no Redis answers at {url}")
     pytest.skip(f"no Redis at {url} (set KEYSTILE_REQUIRE_REDIS=1 to make this a failure)")
+
+
+# -- counting stores and a second Keystile on the same store (integration suites) ------
+
+STORE_CALLS = (
+    "get", "find", "scan", "insert", "replace", "delete", "transact", "read_states",
+    "load_record", "load_keyspaces", "settle",
+)
+
+
+def counting(base: type[Store]) -> type[Store]:
+    """A subclass of a real store that counts every call of a primitive or composite.
+
+    ``store.calls`` is a Counter by method name; calls made inside another call
+    (``load_record`` -> ``find``) are counted too, so ``total()`` is every access.
+    """
+
+    class Counting(base):  # type: ignore[valid-type, misc]
+        def __init__(self, url: str, **options: Any) -> None:
+            super().__init__(url, **options)
+            self.calls: Counter[str] = Counter()
+            self._calls_lock = threading.Lock()
+
+        def count(self, name: str) -> None:
+            with self._calls_lock:
+                self.calls[name] += 1
+
+        def total(self) -> int:
+            return sum(self.calls.values())
+
+    def wrap(name: str) -> Callable[..., Any]:
+        parent = getattr(base, name)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count(name)
+            return parent(self, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    for name in STORE_CALLS:
+        setattr(Counting, name, wrap(name))
+    Counting.__name__ = Counting.__qualname__ = f"Counting{base.__name__}"
+    return Counting
+
+
+@pytest.fixture
+def counting_store_class(store_url: str) -> type[Store]:
+    """The counting subclass of the real store class that ``store_url`` names."""
+    return counting(MemoryStore if store_url.startswith("memory:") else SQLiteStore)
+
+
+@pytest.fixture
+def counting_store(counting_store_class: type[Store], store_url: str) -> Iterator[Any]:
+    store = counting_store_class(store_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def same_store(ks: Keystile, store_url: str, clock: Clock) -> Iterator[Callable[..., Keystile]]:
+    """Opens more Keystile objects on ``ks``'s store: the same object for memory://
+    (a new MemoryStore would be empty), the same URL (a new connection) for SQLite."""
+    opened: list[Keystile] = []
+
+    def open_(**options: Any) -> Keystile:
+        target: Store | str = ks.store if store_url.startswith("memory:") else store_url
+        other = Keystile(target, now=options.pop("now", clock), **options)
+        opened.append(other)
+        return other
+
+    yield open_
+    for other in opened:
+        if other.store is not ks.store:
+            other.close()

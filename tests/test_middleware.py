@@ -344,7 +344,7 @@ async def test_if_lifespan_scope_then_it_passes_through_to_the_app(sqlite_ks: Ke
 async def test_if_websocket_scope_then_it_passes_through_untouched(sqlite_ks: Keystile) -> None:
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept()
-        await websocket.send_text("keystile" in websocket.scope and "set" or "untouched")
+        await websocket.send_text(("keystile" in websocket.scope and "set") or "untouched")
         await websocket.close()
 
     app = Starlette(routes=[WebSocketRoute("/ws", echo)])

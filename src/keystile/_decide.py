@@ -15,6 +15,7 @@ Verification is two pure steps around at most one store transaction:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ def _ip_allowed(ip: str | None, keyspace: Keyspace) -> bool:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:a.b.c.d from a dual-stack socket is a.b.c.d
     return any(address in network for network in keyspace.networks)
 
 
@@ -158,6 +161,8 @@ def _requested_limit(record: KeyRecord, entry: str | Mapping[str, Any]) -> Limit
         raise ValidationError(f"rate limit {name!r}: cost must be 0 or more")
     if spec.get("limit") is not None and spec.get("duration") is not None:
         config = RatelimitConfig(name, int(spec["limit"]), int(spec["duration"]))
+        if config.limit < 0 or config.duration < 1:
+            raise ValidationError(f"rate limit {name!r}: limit must be 0 or more, duration 1 ms or more")
         return LimitCheck(ratelimit_state_key(record.key_id + ":adhoc", name, config.duration),
                           config, cost)
     named = _named_limits(record).get(name)
@@ -177,20 +182,29 @@ def settle(
     results, writes, limited = _check_limits(plan, states, now)
     stored = states.get(plan.credits_key) if plan.credits_key else None
     if plan.credits_key is None or stored is None or stored.get("remaining") is None:
-        code = Code.RATE_LIMITED if limited else Code.VALID
-        return Settlement(code, results, None), ({} if limited else writes)
+        if limited:
+            return Settlement(Code.RATE_LIMITED, _untaken(plan, results), None), {}
+        return Settlement(Code.VALID, results, None), writes
     credit_state = apply_refill(stored, now)
     remaining: int = credit_state["remaining"]
     if limited:
-        return Settlement(Code.RATE_LIMITED, results, remaining), {}
+        return Settlement(Code.RATE_LIMITED, _untaken(plan, results), remaining), {}
     if remaining < plan.cost:
         refill = credit_state.get("refill")
         reset = next_refill_moment(refill, now) if refill else None
-        return Settlement(Code.USAGE_EXCEEDED, results, remaining, reset), {}
+        return Settlement(Code.USAGE_EXCEEDED, _untaken(plan, results), remaining, reset), {}
     if plan.cost or credit_state is not stored:
         remaining -= plan.cost
         writes[plan.credits_key] = {**credit_state, "remaining": remaining}
     return Settlement(Code.VALID, results, remaining), writes
+
+
+def _untaken(plan: Plan, results: tuple[RatelimitResult, ...]) -> tuple[RatelimitResult, ...]:
+    """Results of a rejected verify: the limits that would have admitted it took nothing."""
+    return tuple(
+        result if result.exceeded else dataclasses.replace(result, remaining=result.remaining + check.cost)
+        for check, result in zip(plan.limits, results, strict=True)
+    )
 
 
 def _check_limits(

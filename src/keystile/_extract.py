@@ -47,8 +47,8 @@ def extract_key(
         return Extracted(None, f"the {header.decode()} header has non-ASCII characters")
     value = raw.decode("ascii").strip(" \t")
     if not value:
-        return _MISSING if scheme is None else Extracted(None, "the Authorization header is empty")
-    return _split_scheme(value, scheme) if scheme else _bare(value)
+        return _MISSING if scheme is None else Extracted(None, f"the {header.decode()} header is empty")
+    return _split_scheme(value, scheme.lower()) if scheme else _bare(value)
 
 
 def _split_scheme(value: str, scheme: str) -> Extracted:

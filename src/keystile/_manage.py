@@ -36,6 +36,7 @@ from ._models import (
 )
 from ._records import (
     api_from_doc,
+    credits_from_state,
     identity_from_doc,
     key_info_from_doc,
     keyspace_from_doc,
@@ -327,7 +328,7 @@ class Keystile:
         limited = state["remaining"] is not None
         if doc.get("credits_limited") != limited:
             self._save_key({**doc, "credits_limited": limited})
-        return Credits(state["remaining"]) if limited else None
+        return credits_from_state(state)  # with its refill, as Unkey answers
 
     def _key_doc(self, key_id: str) -> Doc:
         doc = self.store.get("key", key_id)

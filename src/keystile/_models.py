@@ -222,8 +222,8 @@ class KeyRecord:
     permission_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.permission_set and self.permissions:
-            object.__setattr__(self, "permission_set", frozenset(self.permissions))
+        # Always derived, so dataclasses.replace(record, permissions=...) cannot keep a stale set.
+        object.__setattr__(self, "permission_set", frozenset(self.permissions))
 
 
 @dataclass(frozen=True, slots=True)

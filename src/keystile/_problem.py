@@ -98,7 +98,7 @@ def problem_for_result(result: VerifyResult, now: int) -> Problem:
 
 def _retry_at(result: VerifyResult) -> int | None:
     if result.code is Code.RATE_LIMITED:
-        return max(rl.reset for rl in result.ratelimits if rl.exceeded)
+        return max((rl.reset for rl in result.ratelimits if rl.exceeded), default=None)
     if result.code is Code.USAGE_EXCEEDED:
         return result.credits_reset
     return None

@@ -62,8 +62,8 @@ def check_cidrs(cidrs: Iterable[str]) -> list[str]:
 
 
 def check_slugs(slugs: Iterable[str], what: str = "permission") -> list[str]:
-    if isinstance(slugs, str):
-        raise ValidationError(f"{what}s must be a list of names, not one string")
+    if isinstance(slugs, str) or slugs is None:
+        raise ValidationError(f"{what}s must be a list of names (empty to clear), not {slugs!r}")
     out = []
     for slug in slugs:
         if not isinstance(slug, str) or SLUG.fullmatch(slug) is None:
@@ -86,7 +86,7 @@ def check_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(meta, Mapping):
         raise ValidationError("meta must be a JSON object")
     try:
-        return dict(json.loads(json.dumps(meta)))
+        return dict(json.loads(json.dumps(meta, allow_nan=False)))  # NaN is not JSON
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"meta must be JSON-serialisable: {exc}") from exc
 

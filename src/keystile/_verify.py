@@ -13,7 +13,7 @@ from typing import Any, Final
 from ._bus import subscribe
 from ._cache import RecordCache
 from ._decide import Plan, build_result, decide_static, make_plan
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, PermissionQueryError
 from ._ids import now_ms
 from ._keys import hash_key, split_key
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
@@ -118,6 +118,9 @@ class Verifier:
 
     def _flow(self, key: str, request: VerifyRequest) -> Flow:
         if request.permissions is not None:
+            if not isinstance(request.permissions, str):  # e.g. a list: not a query at all
+                raise PermissionQueryError("a permission query must be a string such as 'a AND b'",
+                                           query=repr(request.permissions), position=0)
             parse_query(request.permissions)  # a malformed query raises before any work
         now = self.now()
         if self._keyspaces_at is None or now - self._keyspaces_at >= self._refresh_ms:

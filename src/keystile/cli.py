@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(store=args.store, host=args.host, port=args.port, check=args.check)
     try:
         with Keystile(args.store) as ks:
-            payload, status = args.handler(ks, args)
+            handler: Handler = args.handler
+            payload, status = handler(ks, args)
     except KeystileError as exc:
         _print_error(exc, args.json)
         return 2

@@ -85,14 +85,15 @@ class MemoryStore(Store):
         fn: Callable[[Mapping[str, State | None]], tuple[dict[str, State | None], R]],
     ) -> R:
         with self._lock:
-            writes, value = fn({key: self._states.get(key) for key in keys})
+            # Copies in and out, as a real store would: fn may change what it was given and fail.
+            writes, value = fn(copy.deepcopy({key: self._states.get(key) for key in keys}))
             for key, state in writes.items():
                 if state is None:
                     self._states.pop(key, None)
                 else:
-                    self._states[key] = state
+                    self._states[key] = copy.deepcopy(state)
             return value
 
     def read_states(self, keys: Sequence[str]) -> dict[str, State | None]:
         with self._lock:
-            return {key: self._states.get(key) for key in keys}
+            return copy.deepcopy({key: self._states.get(key) for key in keys})

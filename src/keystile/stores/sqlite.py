@@ -48,6 +48,8 @@ def _path_from_url(url: str) -> str:
         path = path[1:]  # sqlite:///keys.db -> keys.db, sqlite:////abs/keys.db -> /abs/keys.db
     if not path:
         raise ConfigurationError("a SQLite URL needs a path, e.g. sqlite:///keystile.db")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError("use memory:// for an in-process store; sqlite:// needs a file path")
     return path
 
 
@@ -56,9 +58,13 @@ class SQLiteStore(Store):
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         super().__init__(url)
-        self.path = _path_from_url(url)
+        self.path = os.path.abspath(_path_from_url(url))
+        # One spelling per file, so every object of this file shares invalidations.
+        self.url = f"sqlite:///{self.path}"
         self.timeout = timeout
         self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         self._closed = False
         with self._errors():
             self._connect()  # fail at construction on a bad path, and create the schema
@@ -74,6 +80,8 @@ class SQLiteStore(Store):
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise ConfigurationError(f"the directory of {self.path!r} does not exist")
+        if os.path.isdir(self.path):
+            raise ConfigurationError(f"{self.path!r} is a directory, not a database file")
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -83,6 +91,8 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA synchronous = NORMAL")
         self._create_schema(conn)
         self._local.conn, self._local.pid = conn, os.getpid()
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
 
     @staticmethod
@@ -126,11 +136,15 @@ class SQLiteStore(Store):
             return self._connect().execute(sql, params).fetchall()
 
     def close(self) -> None:
+        """Close the connections of every thread (of this process) that used the store."""
         self._closed = True
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        if getattr(self._local, "pid", None) not in (None, os.getpid()):
+            return  # inherited through fork: the parent's connections are not ours to close
+        for conn in connections:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None
 
     # -- documents --------------------------------------------------------------------
 
@@ -168,7 +182,9 @@ class SQLiteStore(Store):
 
     def replace(self, kind: str, doc: Doc) -> None:
         with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO docs (kind, id, doc) VALUES (?, ?, ?)",
+            # An upsert, not INSERT OR REPLACE: that would delete the row a unique clash is with.
+            conn.execute("INSERT INTO docs (kind, id, doc) VALUES (?, ?, ?)"
+                         " ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
                          (kind, doc["id"], json.dumps(doc)))
 
     def delete(self, kind: str, id: str) -> None:
