@@ -409,3 +409,18 @@ def test_if_created_key_or_user_is_printed_then_the_plaintext_is_not_shown(
     created = sqlite_ks.create_key(api_id)
     assert created.key not in repr(created)
     assert created.key not in repr(sqlite_ks.verify(created.key))
+
+
+@pytest.mark.parametrize("options", [
+    {"cost": -1},
+    {"ratelimits": [{"name": "burst", "cost": -2}]},
+    {"ratelimits": [{"name": "adhoc", "limit": 5, "duration": 0}]},
+    {"ratelimits": [42]},
+])
+def test_if_middleware_options_are_out_of_range_then_it_fails_at_construction(
+    options: dict[str, Any],
+) -> None:
+    from keystile import ValidationError
+
+    with pytest.raises(ValidationError):
+        KeyAuthMiddleware(PlainTextResponse("x"), store="memory://", **options)

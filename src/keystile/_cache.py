@@ -1,8 +1,10 @@
 """The process-local record cache in front of every store.
 
-A ``cachetools.TLRUCache`` from key hash to record (or to a negative marker for a
-hash that does not exist), each entry with its own lifetime: records live
-``ttl`` seconds but never past the key's expiry, negative entries ``negative_ttl``.
+A bounded ``cachetools.LRUCache`` from the key's SHA-256 digest to an
+:class:`Entry`: the record (or ``None`` for a hash the store does not have) with
+its own deadline: records live ``ttl`` seconds but never past the key's expiry,
+negative entries ``negative_ttl``. The hot path is one lookup and one comparison
+with the stored deadline; expired entries are simply replaced on the next load.
 Concurrent misses for one hash share one store read (single flight), in threads
 and in asyncio tasks alike. Only static records are cached: credits and rate-limit
 counters are always settled in the store.
@@ -11,24 +13,37 @@ counters are always settled in the store.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any, Final
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from ._errors import ConfigurationError
-from ._models import KeyRecord
+from ._models import KeyRecord, VerifyResult
 
-__all__ = ["MISSING", "RecordCache"]
+__all__ = ["Entry", "RecordCache"]
 
-MISSING: Final = object()  # returned by RecordCache.get on a miss
-_NEGATIVE: Final = object()  # stored for hashes the store does not have
+
+class Entry:
+    """A cached record (``None``: known not to exist) and what is derived from it once.
+
+    ``valid`` memoises the VALID result of a key whose verification needs no store
+    trip (no credits, no auto-applied limits): every cache hit returns that object.
+    """
+
+    __slots__ = ("deadline", "record", "valid")
+
+    def __init__(self, record: KeyRecord | None, deadline: int) -> None:
+        self.record = record
+        self.deadline = deadline
+        self.valid: VerifyResult | None = None
 
 
 class RecordCache:
-    """Hash -> :class:`KeyRecord` or ``None`` (known not to exist)."""
+    """Digest -> :class:`Entry`, bounded to ``maxsize`` entries (least recently used go)."""
 
     def __init__(
         self, *, maxsize: int = 100_000, ttl: float = 10.0, negative_ttl: float = 2.0,
@@ -38,48 +53,56 @@ class RecordCache:
             raise ConfigurationError("cache maxsize must be >= 1 and lifetimes >= 0")
         self.ttl = ttl
         self.negative_ttl = negative_ttl
+        self.enabled = ttl > 0
+        self._ttl_ms = int(ttl * 1000)
+        self._negative_ms = int(negative_ttl * 1000)
+        self._clock = clock
         self._lock = threading.Lock()
-        self._cache: TLRUCache[str, Any] = TLRUCache(
-            maxsize=maxsize, ttu=self._ttu, timer=lambda: clock() / 1000.0
-        )
-        self._inflight: dict[str, Future[KeyRecord | None]] = {}
-        self._ainflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._cache: LRUCache[bytes, Entry] = LRUCache(maxsize=maxsize)
+        self._inflight: dict[bytes, Future[Entry]] = {}
+        self._ainflight: dict[bytes, asyncio.Future[Entry]] = {}
         self.hits = 0
         self.misses = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.ttl > 0
-
-    def _ttu(self, _key: str, value: Any, now: float) -> float:
-        if value is _NEGATIVE:
-            return now + self.negative_ttl
-        expires: int | None = value.expires
-        lifetime = now + self.ttl
-        return lifetime if expires is None else min(lifetime, expires / 1000.0)
 
     def __len__(self) -> int:
         return len(self._cache)
 
-    def get(self, key_hash: str) -> Any:
-        """The cached record, ``None`` for a known-missing hash, or :data:`MISSING`."""
-        with self._lock:
-            value = self._cache.get(key_hash, MISSING)
-        if value is MISSING:
+    def fresh(self, digest: bytes, now: int) -> Entry | None:
+        """The entry for ``digest`` if it is still fresh at ``now``; counts a hit or a miss."""
+        try:
+            # Lock-free read: the LRU bookkeeping is atomic under the GIL, and a
+            # concurrent eviction shows up as a KeyError, that is, as a miss.
+            entry = self._cache[digest]
+        except KeyError:
             self.misses += 1
-            return MISSING
-        self.hits += 1
-        return None if value is _NEGATIVE else value
+            return None
+        if now < entry.deadline:
+            self.hits += 1
+            return entry
+        self.misses += 1
+        return None
 
-    def put(self, key_hash: str, record: KeyRecord | None) -> None:
-        if not self.enabled or (record is None and self.negative_ttl <= 0):
-            return
-        with self._lock:
-            self._cache[key_hash] = _NEGATIVE if record is None else record
+    def get(self, key_hash: str) -> KeyRecord | None:
+        """The fresh record cached for a stored hash (``base64(sha256)``), if any."""
+        entry = self.fresh(_digest(key_hash), self._clock())
+        return entry.record if entry is not None else None
+
+    def put(self, digest: bytes, record: KeyRecord | None, now: int) -> Entry:
+        """Cache ``record`` (when caching is on) and return its entry."""
+        if record is None:
+            entry = Entry(None, now + self._negative_ms)
+        else:
+            deadline = now + self._ttl_ms
+            entry = Entry(record, deadline if record.expires is None else min(deadline, record.expires + 1))
+        if self.enabled and entry.deadline > now:
+            with self._lock:
+                self._cache[digest] = entry
+        return entry
 
     def evict(self, key_hash: str) -> None:
+        """Drop the entry of a stored hash (``base64(sha256(key))``)."""
         with self._lock:
-            self._cache.pop(key_hash, None)
+            self._cache.pop(_digest(key_hash), None)
 
     def clear(self) -> None:
         with self._lock:
@@ -87,50 +110,57 @@ class RecordCache:
 
     # -- single flight ----------------------------------------------------------------
 
-    def load(self, key_hash: str, loader: Callable[[str], KeyRecord | None]) -> KeyRecord | None:
-        """Look up ``key_hash``; on a miss, one thread loads it while the others wait."""
-        cached = self.get(key_hash)
-        if cached is not MISSING:
-            return cached  # type: ignore[no-any-return]
+    def load(self, digest: bytes, loader: Callable[[], KeyRecord | None], now: int) -> Entry:
+        """Load a missed digest; one thread calls ``loader`` while the others wait for it."""
         with self._lock:
-            flight = self._inflight.get(key_hash)
+            flight = self._inflight.get(digest)
             leader = flight is None
             if flight is None:
-                flight = self._inflight[key_hash] = Future()
+                flight = self._inflight[digest] = Future()
         if not leader:
             return flight.result()
         try:
-            record = loader(key_hash)
-            self.put(key_hash, record)
-            flight.set_result(record)
-            return record
+            entry = self.put(digest, loader(), now)
+            flight.set_result(entry)
+            return entry
         except BaseException as exc:
             flight.set_exception(exc)
             raise
         finally:
             with self._lock:
-                self._inflight.pop(key_hash, None)
+                self._inflight.pop(digest, None)
 
     async def load_async(
-        self, key_hash: str, loader: Callable[[str], Awaitable[KeyRecord | None]]
-    ) -> KeyRecord | None:
-        """Like :meth:`load` for asyncio tasks of one event loop."""
-        cached = self.get(key_hash)
-        if cached is not MISSING:
-            return cached  # type: ignore[no-any-return]
-        flight = self._ainflight.get(key_hash)
-        if flight is not None and flight.get_loop() is asyncio.get_running_loop():
+        self, digest: bytes, loader: Callable[[], Awaitable[KeyRecord | None]], now: int
+    ) -> Entry:
+        """Like :meth:`load` for the asyncio tasks of one event loop."""
+        loop = asyncio.get_running_loop()
+        flight = self._ainflight.get(digest)
+        if flight is not None and flight.get_loop() is loop:
             return await asyncio.shield(flight)
-        flight = self._ainflight[key_hash] = asyncio.get_running_loop().create_future()
+        flight = self._ainflight[digest] = loop.create_future()
         try:
-            record = await loader(key_hash)
-            self.put(key_hash, record)
-            flight.set_result(record)
-            return record
+            entry = self.put(digest, await loader(), now)
+            flight.set_result(entry)
+            return entry
         except BaseException as exc:
             flight.set_exception(exc)
             flight.exception()  # followers may be none: mark it retrieved
             raise
         finally:
-            if self._ainflight.get(key_hash) is flight:
-                del self._ainflight[key_hash]
+            if self._ainflight.get(digest) is flight:
+                del self._ainflight[digest]
+
+
+def _digest(key_hash: str) -> bytes:
+    try:
+        return base64.b64decode(key_hash, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def stored_hash(digest: bytes) -> str:
+    """The stored form of a digest: ``base64`` with padding, as Unkey stores it."""
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+

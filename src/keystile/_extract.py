@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MAX_HEADER_BYTES", "Extracted", "extract_key"]
+__all__ = ["MAX_HEADER_BYTES", "Extracted", "extract_key", "plain_bearer"]
 
 MAX_HEADER_BYTES = 4096
 
@@ -23,6 +23,27 @@ class Extracted:
 
 
 _MISSING = Extracted(None, "missing")
+
+
+def plain_bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key of the one well-formed ``Authorization: Bearer <key>`` header, else ``None``.
+
+    The fast path for the common case. Anything else (no header, two headers,
+    another scheme, spaces, commas or non-ASCII bytes in the key) gets ``None`` and
+    goes to :func:`extract_key` for a precise answer.
+    """
+    found = None
+    for name, value in headers:
+        if name == b"authorization":
+            if found is not None:
+                return None
+            found = value
+    if found is None or not found.startswith(b"Bearer ") or len(found) > MAX_HEADER_BYTES:
+        return None
+    token = found[7:]
+    if not token or b" " in token or b"," in token or b"\t" in token or not token.isascii():
+        return None
+    return token.decode("ascii")
 
 
 def extract_key(

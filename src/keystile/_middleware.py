@@ -20,18 +20,16 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _problem
-from ._errors import ConfigurationError, StoreError, UnknownRatelimitError
-from ._extract import Extracted, extract_key
+from ._errors import ConfigurationError, KeystileError, StoreError, UnknownRatelimitError
+from ._extract import Extracted, extract_key, plain_bearer
 from ._manage import Keystile
 from ._models import VerifyRequest, VerifyResult
-from ._permissions import parse_query
 from ._verify import Verifier
 from .stores import Store
 
 __all__ = ["KeyAuthMiddleware", "KeyUser"]
 
 logger = logging.getLogger("keystile")
-_NO_KEY = Extracted(None, "missing")
 ErrorHandler = Callable[[Scope, Receive, Send, _problem.Problem], Awaitable[None]]
 
 
@@ -117,55 +115,79 @@ class KeyAuthMiddleware:
         self.scheme = "bearer" if self.header == b"authorization" else None
         self.exclude_paths = tuple(exclude_paths)
         self.allow_anonymous = allow_anonymous
-        if permissions is not None:
-            parse_query(permissions)  # a bad query fails here, at startup
-        if cost is not None and cost < 0:
-            raise ConfigurationError("cost must be 0 or more")
+        # VerifyRequest checks the query and the cost: a bad one fails here, at startup.
         self.request = VerifyRequest(permissions=permissions, cost=cost,
                                      ratelimits=tuple(ratelimits), api_id=api_id)
         self.ratelimit_headers = ratelimit_headers
         self.on_error = on_error or send_problem
+        self._principals: dict[int, tuple[VerifyResult, tuple[AuthCredentials, KeyUser]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        excluded = self.exclude_paths and scope["path"].startswith(self.exclude_paths)
-        extracted = _NO_KEY if excluded else extract_key(scope["headers"], header=self.header,
-                                                         scheme=self.scheme)
-        if extracted.key is None:
-            if excluded or (extracted.missing and self.allow_anonymous):
-                scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
-                await self.app(scope, receive, send)
+        if self.exclude_paths and scope["path"].startswith(self.exclude_paths):
+            await self._anonymous(scope, receive, send)
+            return
+        key = plain_bearer(scope["headers"]) if self.scheme else None
+        if key is None:
+            extracted = extract_key(scope["headers"], header=self.header, scheme=self.scheme)
+            if extracted.key is None:
+                await self._no_key(scope, receive, send, extracted)
                 return
-            problem = _problem.missing_key() if extracted.missing else _problem.malformed_key(
-                extracted.problem or "")
-            await self.on_error(scope, receive, send, problem)
+            key = extracted.key
+        client = scope.get("client")
+        try:
+            step = self.verifier.start(key, self.request, client[0] if client else None)
+            result = step if type(step) is VerifyResult else await self.verifier.finish_async(step)
+        except KeystileError as exc:
+            await self.on_error(scope, receive, send, self._failure(exc))
             return
-        result = await self._verify(scope, extracted.key)
-        if isinstance(result, _problem.Problem):
-            await self.on_error(scope, receive, send, result)
+        if not result.valid:
+            logger.debug("keystile: rejected key_id=%s code=%s", result.key_id, result.code.value)
+            await self.on_error(scope, receive, send,
+                                _problem.problem_for_result(result, self.verifier.now()))
             return
-        scope.update(keystile=result, auth=AuthCredentials(list(result.permissions)),
-                     user=KeyUser(result))
+        scope["keystile"] = result
+        scope["auth"], scope["user"] = self._principal(result)
         if self.ratelimit_headers and result.ratelimits:
             send = self._with_headers(send, _problem.ratelimit_headers(result, self.verifier.now()))
         await self.app(scope, receive, send)
 
-    async def _verify(self, scope: Scope, key: str) -> VerifyResult | _problem.Problem:
-        client = scope.get("client")
-        request = self.request if client is None else _with_ip(self.request, client[0])
+    async def _anonymous(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
+        await self.app(scope, receive, send)
+
+    async def _no_key(self, scope: Scope, receive: Receive, send: Send, extracted: Extracted) -> None:
+        if extracted.missing and self.allow_anonymous:
+            await self._anonymous(scope, receive, send)
+        elif extracted.missing:
+            await self.on_error(scope, receive, send, _problem.missing_key())
+        else:
+            await self.on_error(scope, receive, send, _problem.malformed_key(extracted.problem or ""))
+
+    def _principal(self, result: VerifyResult) -> tuple[AuthCredentials, KeyUser]:
+        """``request.auth`` and ``request.user`` of a result, built once per cached result."""
         try:
-            result = await self.verifier.verify_request_async(key, request)
-        except UnknownRatelimitError as exc:
+            return self._principals[id(result)][1]
+        except KeyError:
+            if len(self._principals) >= 10_000:
+                self._principals.clear()
+            principal = AuthCredentials(list(result.permissions)), KeyUser(result)
+            if result.ratelimits or result.credits is not None:
+                return principal  # a fresh result per request: nothing to reuse
+            # The entry holds the result, so its id cannot be reused while it is here.
+            self._principals[id(result)] = (result, principal)
+            return principal
+
+    @staticmethod
+    def _failure(exc: KeystileError) -> _problem.Problem:
+        if isinstance(exc, UnknownRatelimitError):
             return _problem.misconfigured_ratelimit(exc.name)
-        except StoreError as exc:
+        if isinstance(exc, StoreError):
             logger.warning("keystile: store unavailable, answering 503: %s", exc)
             return _problem.store_unavailable()
-        if not result.valid:
-            logger.debug("keystile: rejected key_id=%s code=%s", result.key_id, result.code.value)
-            return _problem.problem_for_result(result, self.verifier.now())
-        return result
+        raise exc
 
     @staticmethod
     def _with_headers(send: Send, headers: list[tuple[str, str]]) -> Send:
@@ -187,8 +209,3 @@ def _verifier(
             raise ConfigurationError("pass either verifier= or store= and cache options, not both")
         return verifier.verifier if isinstance(verifier, Keystile) else verifier
     return Verifier(store, **options)
-
-
-def _with_ip(request: VerifyRequest, ip: str) -> VerifyRequest:
-    return VerifyRequest(request.permissions, request.cost, request.ratelimits, request.api_id,
-                         ip, request.tags)

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._errors import PermissionQueryError, ValidationError
+from ._permissions import parse_query
+
 __all__ = [
     "Api",
     "Code",
@@ -220,10 +223,27 @@ class KeyRecord:
     identity: Identity | None
     credits_limited: bool
     permission_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    #: True when a verify of this key needs no store trip (no credits, no auto-applied limit).
+    static_only: bool = field(default=False, compare=False, repr=False)
+    _permits: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Always derived, so dataclasses.replace(record, permissions=...) cannot keep a stale set.
+        # Derived, so dataclasses.replace(record, permissions=...) cannot keep stale values.
         object.__setattr__(self, "permission_set", frozenset(self.permissions))
+        auto = any(rl.auto_apply for rl in self.ratelimits) or bool(
+            self.identity and any(rl.auto_apply for rl in self.identity.ratelimits))
+        object.__setattr__(self, "static_only", not self.credits_limited and not auto)
+        object.__setattr__(self, "_permits", {})
+
+    def permits(self, query: str) -> bool:
+        """Whether the key's permissions satisfy ``query`` (answers are memoised per record)."""
+        try:
+            return self._permits[query]
+        except KeyError:
+            if len(self._permits) >= 256:
+                self._permits.clear()
+            allowed = self._permits[query] = parse_query(query).allows(self.permission_set)
+            return allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +305,11 @@ class CreatedKey:
 
 @dataclass(frozen=True, slots=True)
 class VerifyRequest:
-    """What the route asks of a key besides the key itself."""
+    """What the route asks of a key besides the key itself.
+
+    A malformed permission query or a negative cost raises here, at construction,
+    so a route's requirements fail at startup rather than on the first request.
+    """
 
     permissions: str | None = None
     cost: int | None = None
@@ -293,6 +317,40 @@ class VerifyRequest:
     api_id: str | None = None
     ip: str | None = None
     tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.permissions is not None:
+            if not isinstance(self.permissions, str):
+                raise PermissionQueryError(
+                    "a permission query must be a string such as 'a AND b', not "
+                    f"{type(self.permissions).__name__}", query=repr(self.permissions), position=0)
+            parse_query(self.permissions)
+        if self.cost is not None and not _natural(self.cost):
+            raise ValidationError("cost must be an integer, 0 or more")
+        if isinstance(self.ratelimits, (str, Mapping)):
+            object.__setattr__(self, "ratelimits", (self.ratelimits,))
+        object.__setattr__(self, "ratelimits", tuple(self.ratelimits))
+        for spec in self.ratelimits:
+            _check_ratelimit_spec(spec)
+
+
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_ratelimit_spec(spec: str | Mapping[str, Any]) -> None:
+    """A rate limit a verify names: ``"name"`` or ``{name, cost?, limit?, duration?}``."""
+    if isinstance(spec, str):
+        return
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ValidationError(f"a rate limit to apply is a name or {{'name': ...}}, not {spec!r}")
+    name = spec["name"]
+    if not _natural(spec.get("cost", 1)):
+        raise ValidationError(f"rate limit {name!r}: cost must be an integer, 0 or more")
+    if spec.get("limit") is not None and not _natural(spec["limit"]):
+        raise ValidationError(f"rate limit {name!r}: limit must be an integer, 0 or more")
+    if spec.get("duration") is not None and (not _natural(spec["duration"]) or spec["duration"] < 1):
+        raise ValidationError(f"rate limit {name!r}: duration must be 1 ms or more")
 
 
 @dataclass(frozen=True, slots=True)

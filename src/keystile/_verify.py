@@ -1,31 +1,31 @@
-"""The verifier: prefix routing, the cache, the decision and the store, in one flow.
+"""The verifier: prefix routing, the cache, the decision and the store.
 
-The flow is written once, as a generator that yields the I/O it needs (load the
-keyspaces, load a record, settle a plan) and receives the answers; two short
-drivers run it, one synchronously and one under asyncio.
+The verification is written once, as steps: :meth:`Verifier._start` either answers
+at once (the common case: a cache hit that needs no store trip) or returns the I/O
+it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two
+three-line drivers run those steps, one blocking and one under asyncio, so sync
+and async callers share every decision and the hot path pays for no machinery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import Any, Final
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Protocol
 
 from ._bus import subscribe
-from ._cache import RecordCache
-from ._decide import Plan, build_result, decide_static, make_plan
-from ._errors import ConfigurationError, PermissionQueryError
+from ._cache import Entry, RecordCache, stored_hash
+from ._decide import Plan, Settlement, build_result, decide_static, make_plan
+from ._errors import ConfigurationError
 from ._ids import now_ms
-from ._keys import hash_key, split_key
-from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
-from ._permissions import parse_query
+from ._keys import split_key
+from ._models import Code, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
 __all__ = ["Verifier"]
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
-_LOAD_KEYSPACES: Final = ("keyspaces",)
-Op = tuple[Any, ...]
-Flow = Generator[Op, Any, VerifyResult]
+_sha256 = hashlib.sha256
 
 
 class Verifier:
@@ -55,7 +55,7 @@ class Verifier:
             raise ConfigurationError("keyspace_refresh must be > 0 seconds")
         self._refresh_ms = int(keyspace_refresh * 1000)
         self._by_prefix: dict[str, Keyspace] = {}
-        self._keyspaces_at: int | None = None
+        self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
         subscribe(self.store.url, self)
 
     def __repr__(self) -> str:
@@ -67,7 +67,11 @@ class Verifier:
         else:
             self.cache.evict(key_hash)
         if keyspaces:
-            self._keyspaces_at = None
+            self._keyspaces_due = 0
+
+    def keyspace_for(self, prefix: str) -> Keyspace | None:
+        """The keyspace of a prefix, as routing sees it now."""
+        return self._by_prefix.get(prefix)
 
     # -- the two drivers ------------------------------------------------------------
 
@@ -78,89 +82,148 @@ class Verifier:
     async def verify_async(self, key: str, **request: Any) -> VerifyResult:
         return await self.verify_request_async(key, _request(request))
 
-    def verify_request(self, key: str, request: VerifyRequest) -> VerifyResult:
-        flow = self._flow(key, request)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(self._run(op))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    def verify_request(self, key: str, request: VerifyRequest, ip: str | None = None) -> VerifyResult:
+        """Verify ``key`` for ``request``; ``ip`` overrides ``request.ip``."""
+        step = self._start(key, request, ip or request.ip, self.now())
+        while not isinstance(step, VerifyResult):
+            step = step.resume(step.run_sync())
+        return step
 
-    async def verify_request_async(self, key: str, request: VerifyRequest) -> VerifyResult:
-        flow = self._flow(key, request)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await self._run_async(op))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    async def verify_request_async(
+        self, key: str, request: VerifyRequest, ip: str | None = None
+    ) -> VerifyResult:
+        return await self.finish_async(self._start(key, request, ip or request.ip, self.now()))
 
-    def _run(self, op: Op) -> Any:
-        if op is _LOAD_KEYSPACES:
-            return self.store.load_keyspaces()
-        if isinstance(op[0], Plan):
-            return self.store.settle(op[0], op[1])
-        if self.cache.enabled:
-            return self.cache.load(op[0], self.store.load_record)
-        return self.store.load_record(op[0])
+    # -- the steps -------------------------------------------------------------------
 
-    async def _run_async(self, op: Op) -> Any:
-        if op is _LOAD_KEYSPACES:
-            return await self.astore.load_keyspaces()
-        if isinstance(op[0], Plan):
-            return await self.astore.settle(op[0], op[1])
-        if self.cache.enabled:
-            return await self.cache.load_async(op[0], self.astore.load_record)
-        return await self.astore.load_record(op[0])
+    def start(self, key: str, request: VerifyRequest, ip: str | None = None) -> Step:
+        """The first step of a verification: a result, or the I/O to run next.
 
-    # -- the flow --------------------------------------------------------------------
+        For callers that can avoid a coroutine when no I/O is needed (the common
+        cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
+        verifier.finish_async(step)``.
+        """
+        return self._start(key, request, ip or request.ip, self.now())
 
-    def _flow(self, key: str, request: VerifyRequest) -> Flow:
-        if request.permissions is not None:
-            if not isinstance(request.permissions, str):  # e.g. a list: not a query at all
-                raise PermissionQueryError("a permission query must be a string such as 'a AND b'",
-                                           query=repr(request.permissions), position=0)
-            parse_query(request.permissions)  # a malformed query raises before any work
-        now = self.now()
-        if self._keyspaces_at is None or now - self._keyspaces_at >= self._refresh_ms:
-            self._set_keyspaces((yield _LOAD_KEYSPACES), now)
-        keyspace = self._route(key, request)
-        if keyspace is None:
+    async def finish_async(self, step: Step) -> VerifyResult:
+        while not isinstance(step, VerifyResult):
+            step = step.resume(await step.run_async())
+        return step
+
+    def _start(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
+        if now >= self._keyspaces_due:
+            return _LoadKeyspaces(self, key, request, ip, now)
+        prefix = split_key(key) if type(key) is str else None
+        keyspace = self._by_prefix.get(prefix) if prefix is not None else None
+        if keyspace is None or (request.api_id is not None and keyspace.api_id != request.api_id):
             return _NOT_FOUND
-        record: KeyRecord | None = yield (hash_key(key),)
-        if record is not None and record.keyspace_id != keyspace.id:
-            record = None  # found by hash, but not a key of the keyspace its prefix names
-        code = decide_static(record, keyspace, request, now)
-        if code is not None or record is None:
-            return build_result(code or Code.NOT_FOUND, record)
+        digest = _sha256(key.encode()).digest()
+        entry = self.cache.fresh(digest, now)
+        if entry is None:
+            return _LoadRecord(self, digest, keyspace, request, ip, now)
+        return self._decide(entry, keyspace, request, ip, now)
+
+    def _decide(
+        self, entry: Entry, keyspace: Keyspace, request: VerifyRequest, ip: str | None, now: int
+    ) -> Step:
+        record = entry.record
+        if record is None or record.keyspace_id != keyspace.id:
+            return _NOT_FOUND  # unknown, or found by hash in another keyspace than its prefix's
+        code = decide_static(record, keyspace, request, now, ip)
+        if code is not None:
+            return build_result(code, record)
+        if record.static_only and not request.ratelimits:
+            if entry.valid is None:
+                entry.valid = build_result(Code.VALID, record)
+            return entry.valid
         plan = make_plan(record, request)
         if plan.empty:
             return build_result(Code.VALID, record)
-        settlement = yield (plan, now)
-        return build_result(settlement.code, record, settlement)
-
-    def _route(self, key: str, request: VerifyRequest) -> Keyspace | None:
-        prefix = split_key(key) if isinstance(key, str) else None
-        keyspace = self._by_prefix.get(prefix) if prefix is not None else None
-        if keyspace is None or (request.api_id is not None and keyspace.api_id != request.api_id):
-            return None
-        return keyspace
+        return _Settle(self, entry, plan, now)
 
     def _set_keyspaces(self, keyspaces: Iterable[Keyspace], now: int) -> None:
         self._by_prefix = {keyspace.prefix: keyspace for keyspace in keyspaces}
-        self._keyspaces_at = now
+        self._keyspaces_due = now + self._refresh_ms
 
-    def keyspace_for(self, prefix: str) -> Keyspace | None:
-        """The keyspace of a prefix, as routing sees it now."""
-        return self._by_prefix.get(prefix)
+
+class _Pending(Protocol):
+    """A step waiting for I/O: run it (blocking or awaited), then resume with the answer."""
+
+    def run_sync(self) -> Any: ...
+
+    async def run_async(self) -> Any: ...
+
+    def resume(self, answer: Any) -> Step: ...
+
+
+Step = VerifyResult | _Pending
+
+
+class _LoadKeyspaces:
+    """Reload the prefix map, then start over."""
+
+    __slots__ = ("ip", "key", "now", "request", "verifier")
+
+    def __init__(self, verifier: Verifier, key: str, request: VerifyRequest, ip: str | None,
+                 now: int) -> None:
+        self.verifier, self.key, self.request, self.ip, self.now = verifier, key, request, ip, now
+
+    def run_sync(self) -> list[Keyspace]:
+        return self.verifier.store.load_keyspaces()
+
+    async def run_async(self) -> list[Keyspace]:
+        return await self.verifier.astore.load_keyspaces()
+
+    def resume(self, keyspaces: list[Keyspace]) -> Step:
+        self.verifier._set_keyspaces(keyspaces, self.now)
+        return self.verifier._start(self.key, self.request, self.ip, self.now)
+
+
+class _LoadRecord:
+    """Read a missed record through the cache's single flight, then decide."""
+
+    __slots__ = ("digest", "ip", "keyspace", "now", "request", "verifier")
+
+    def __init__(self, verifier: Verifier, digest: bytes, keyspace: Keyspace,
+                 request: VerifyRequest, ip: str | None, now: int) -> None:
+        self.verifier, self.digest, self.keyspace = verifier, digest, keyspace
+        self.request, self.ip, self.now = request, ip, now
+
+    def run_sync(self) -> Entry:
+        store, key_hash = self.verifier.store, stored_hash(self.digest)
+        return self.verifier.cache.load(self.digest, lambda: store.load_record(key_hash), self.now)
+
+    async def run_async(self) -> Entry:
+        astore, key_hash = self.verifier.astore, stored_hash(self.digest)
+        return await self.verifier.cache.load_async(
+            self.digest, lambda: astore.load_record(key_hash), self.now)
+
+    def resume(self, entry: Entry) -> Step:
+        return self.verifier._decide(entry, self.keyspace, self.request, self.ip, self.now)
+
+
+class _Settle:
+    """Apply the plan's credits and rate limits in the store, then answer."""
+
+    __slots__ = ("entry", "now", "plan", "verifier")
+
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int) -> None:
+        self.verifier, self.entry, self.plan, self.now = verifier, entry, plan, now
+
+    def run_sync(self) -> Settlement:
+        return self.verifier.store.settle(self.plan, self.now)
+
+    async def run_async(self) -> Settlement:
+        return await self.verifier.astore.settle(self.plan, self.now)
+
+    def resume(self, settlement: Settlement) -> VerifyResult:
+        return build_result(settlement.code, self.entry.record, settlement)
+
+
 
 
 def _request(fields: Mapping[str, Any]) -> VerifyRequest:
     try:
-        request = VerifyRequest(**fields)
+        return VerifyRequest(**fields)
     except TypeError as exc:
         raise ConfigurationError(f"unknown verify option: {exc}") from exc
-    if isinstance(request.ratelimits, (str, dict)):
-        return VerifyRequest(**{**fields, "ratelimits": (request.ratelimits,)})
-    return VerifyRequest(**{**fields, "ratelimits": tuple(request.ratelimits)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,9 @@ Handler = Callable[[Keystile, argparse.Namespace], tuple[Any, int]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["bench"]:  # every later argument belongs to the harness
+        return _bench(arguments[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -44,6 +48,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _print(payload, args.json)
     return status
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        harness = importlib.import_module("benchmarks.cli")
+    except ImportError as exc:
+        print(f"keystile: error: the benchmark harness needs the bench extra: pip install"
+              f" 'keystile[bench]' (in a checkout: pip install -e '.[bench]'); {exc}",
+              file=sys.stderr)
+        return 2
+    return int(harness.main(argv))
 
 
 def _print(payload: Any, as_json: bool) -> None:
@@ -251,6 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--check", action="store_true",
                       help="send the demo requests, print the answers, exit 0 if all are right")
     demo.set_defaults(handler=None)
+    groups.add_parser("bench", add_help=False,
+                      help="benchmark keystile against peers (keystile bench --help)")
     return parser
 
 
