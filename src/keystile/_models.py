@@ -37,6 +37,12 @@ JSON = dict[str, Any]
 Interval = Literal["daily", "monthly"]
 
 
+def _set_fields(out: JSON, **optional: Any) -> JSON:
+    """``out`` plus each optional field that is set: not ``None``, not an empty list."""
+    out.update((name, value) for name, value in optional.items() if value is not None and value != [])
+    return out
+
+
 class Code(enum.StrEnum):
     """Verification outcomes, in the order Unkey decides them."""
 
@@ -59,10 +65,8 @@ class Refill:
     refill_day: int | None = None
 
     def to_dict(self) -> JSON:
-        out: JSON = {"interval": self.interval, "amount": self.amount}
-        if self.refill_day is not None:
-            out["refillDay"] = self.refill_day
-        return out
+        return _set_fields({"interval": self.interval, "amount": self.amount},
+                           refillDay=self.refill_day)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Refill:
@@ -123,12 +127,8 @@ class Identity:
     ratelimits: tuple[RatelimitConfig, ...] = ()
 
     def to_dict(self) -> JSON:
-        out: JSON = {"id": self.id, "externalId": self.external_id}
-        if self.meta is not None:
-            out["meta"] = self.meta
-        if self.ratelimits:
-            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
-        return out
+        return _set_fields({"id": self.id, "externalId": self.external_id}, meta=self.meta,
+                           ratelimits=[rl.to_dict() for rl in self.ratelimits])
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +179,8 @@ class Permission:
     description: str | None = None
 
     def to_dict(self) -> JSON:
-        out: JSON = {"id": self.id, "name": self.name, "slug": self.slug}
-        if self.description is not None:
-            out["description"] = self.description
-        return out
+        return _set_fields({"id": self.id, "name": self.name, "slug": self.slug},
+                           description=self.description)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +191,8 @@ class Role:
     permissions: tuple[str, ...] = ()
 
     def to_dict(self) -> JSON:
-        out: JSON = {"id": self.id, "name": self.name}
-        if self.description is not None:
-            out["description"] = self.description
-        if self.permissions:
-            out["permissions"] = list(self.permissions)
-        return out
+        return _set_fields({"id": self.id, "name": self.name}, description=self.description,
+                           permissions=list(self.permissions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,23 +267,19 @@ class KeyInfo:
             "enabled": self.enabled,
             "createdAt": self.created_at,
         }
-        optional: JSON = {
-            "apiId": self.api_id,
-            "name": self.name,
-            "meta": self.meta,
-            "updatedAt": self.updated_at,
-            "expires": self.expires,
-            "credits": self.credits.to_dict() if self.credits else None,
-            "identity": self.identity.to_dict() if self.identity else None,
-        }
-        out.update({k: v for k, v in optional.items() if v is not None})
-        if self.roles:
-            out["roles"] = list(self.roles)
-        if self.permissions:
-            out["permissions"] = list(self.permissions)
-        if self.ratelimits:
-            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
-        return out
+        return _set_fields(
+            out,
+            apiId=self.api_id,
+            name=self.name,
+            meta=self.meta,
+            updatedAt=self.updated_at,
+            expires=self.expires,
+            credits=self.credits.to_dict() if self.credits else None,
+            identity=self.identity.to_dict() if self.identity else None,
+            roles=list(self.roles),
+            permissions=list(self.permissions),
+            ratelimits=[rl.to_dict() for rl in self.ratelimits],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,23 +398,21 @@ class VerifyResult:
         out: JSON = {"valid": self.valid, "code": self.code.value}
         if self.key_id is None:
             return out
-        optional: JSON = {
-            "keyId": self.key_id,
-            "keyspaceId": self.keyspace_id,
-            "apiId": self.api_id,
-            "name": self.name,
-            "meta": self.meta,
-            "expires": self.expires,
-            "credits": self.credits,
-            "enabled": self.enabled,
-            "identity": self.identity.to_dict() if self.identity else None,
-        }
-        out.update({k: v for k, v in optional.items() if v is not None})
-        out["roles"] = list(self.roles)
+        _set_fields(
+            out,
+            keyId=self.key_id,
+            keyspaceId=self.keyspace_id,
+            apiId=self.api_id,
+            name=self.name,
+            meta=self.meta,
+            expires=self.expires,
+            credits=self.credits,
+            enabled=self.enabled,
+            identity=self.identity.to_dict() if self.identity else None,
+        )
+        out["roles"] = list(self.roles)  # always present, even empty, as Unkey sends them
         out["permissions"] = list(self.permissions)
-        if self.ratelimits:
-            out["ratelimits"] = [rl.to_dict() for rl in self.ratelimits]
-        return out
+        return _set_fields(out, ratelimits=[rl.to_dict() for rl in self.ratelimits])
 
     @property
     def tightest_ratelimit(self) -> RatelimitResult | None:
