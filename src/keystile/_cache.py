@@ -1,6 +1,6 @@
 """The process-local record cache in front of every store.
 
-A bounded ``cachetools.LRUCache`` from the key's SHA-256 digest to an
+A bounded ``cachetools.FIFOCache`` from the key's SHA-256 digest to an
 :class:`Entry`: the record (or ``None`` for a hash the store does not have) with
 its own deadline: records live ``ttl`` seconds but never past the key's expiry,
 negative entries ``negative_ttl``. The hot path is one lookup and one comparison
@@ -19,10 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
-from cachetools import LRUCache
+from cachetools import FIFOCache
 
 from ._errors import ConfigurationError
-from ._models import KeyRecord, VerifyResult
+from ._models import KeyRecord, Keyspace, VerifyRequest, VerifyResult
 
 __all__ = ["Entry", "RecordCache"]
 
@@ -30,20 +30,21 @@ __all__ = ["Entry", "RecordCache"]
 class Entry:
     """A cached record (``None``: known not to exist) and what is derived from it once.
 
-    ``valid`` memoises the VALID result of a key whose verification needs no store
-    trip (no credits, no auto-applied limits): every cache hit returns that object.
+    ``memo`` holds the last static answer, ``(request, keyspace, result)``: while
+    the entry lives, the same request object against the same keyspace object gets
+    the same result object, with no decision made again.
     """
 
-    __slots__ = ("deadline", "record", "valid")
+    __slots__ = ("deadline", "memo", "record")
 
     def __init__(self, record: KeyRecord | None, deadline: int) -> None:
         self.record = record
         self.deadline = deadline
-        self.valid: VerifyResult | None = None
+        self.memo: tuple[VerifyRequest, Keyspace, VerifyResult] | None = None
 
 
 class RecordCache:
-    """Digest -> :class:`Entry`, bounded to ``maxsize`` entries (least recently used go)."""
+    """Digest -> :class:`Entry`, bounded to ``maxsize`` entries (the oldest go first)."""
 
     def __init__(
         self, *, maxsize: int = 100_000, ttl: float = 10.0, negative_ttl: float = 2.0,
@@ -58,7 +59,9 @@ class RecordCache:
         self._negative_ms = int(negative_ttl * 1000)
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: LRUCache[bytes, Entry] = LRUCache(maxsize=maxsize)
+        # FIFO, not LRU: a read then costs one lookup and no bookkeeping; entries are
+        # re-inserted on every refresh anyway, so the oldest is the one to drop.
+        self._cache: FIFOCache[bytes, Entry] = FIFOCache(maxsize=maxsize)
         self._inflight: dict[bytes, Future[Entry]] = {}
         self._ainflight: dict[bytes, asyncio.Future[Entry]] = {}
         self.hits = 0
@@ -70,8 +73,8 @@ class RecordCache:
     def fresh(self, digest: bytes, now: int) -> Entry | None:
         """The entry for ``digest`` if it is still fresh at ``now``; counts a hit or a miss."""
         try:
-            # Lock-free read: the LRU bookkeeping is atomic under the GIL, and a
-            # concurrent eviction shows up as a KeyError, that is, as a miss.
+            # Lock-free read: a plain dict lookup under the GIL; a concurrent
+            # eviction shows up as a KeyError, that is, as a miss.
             entry = self._cache[digest]
         except KeyError:
             self.misses += 1

@@ -29,8 +29,8 @@ def plain_bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key of the one well-formed ``Authorization: Bearer <key>`` header, else ``None``.
 
     The fast path for the common case. Anything else (no header, two headers,
-    another scheme, spaces, commas or non-ASCII bytes in the key) gets ``None`` and
-    goes to :func:`extract_key` for a precise answer.
+    another scheme, any character but letters, digits and ``_`` in the key) gets
+    ``None`` and goes to :func:`extract_key` for a precise answer.
     """
     found = None
     for name, value in headers:
@@ -38,12 +38,15 @@ def plain_bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             if found is not None:
                 return None
             found = value
-    if found is None or not found.startswith(b"Bearer ") or len(found) > MAX_HEADER_BYTES:
+    if found is None or found[:7] != b"Bearer " or len(found) > MAX_HEADER_BYTES:
         return None
-    token = found[7:]
-    if not token or b" " in token or b"," in token or b"\t" in token or not token.isascii():
+    try:
+        token = found[7:].decode("ascii")
+    except UnicodeDecodeError:
         return None
-    return token.decode("ascii")
+    # Letters, digits and "_", not starting with a digit: every key of the usual
+    # shape, checked in one C call (bytes "in" tests cost far more than str ones).
+    return token if token.isidentifier() else None
 
 
 def extract_key(

@@ -130,16 +130,17 @@ class KeyAuthMiddleware:
             await self._anonymous(scope, receive, send)
             return
         key = plain_bearer(scope["headers"]) if self.scheme else None
-        if key is None:
+        if key is None:  # not the one plain "Bearer <key>": let the thorough reader say why
             extracted = extract_key(scope["headers"], header=self.header, scheme=self.scheme)
             if extracted.key is None:
                 await self._no_key(scope, receive, send, extracted)
                 return
             key = extracted.key
         client = scope.get("client")
+        verifier = self.verifier
         try:
-            step = self.verifier.start(key, self.request, client[0] if client else None)
-            result = step if type(step) is VerifyResult else await self.verifier.finish_async(step)
+            step = verifier.start(key, self.request, client[0] if client else None)
+            result = step if type(step) is VerifyResult else await verifier.finish_async(step)
         except KeystileError as exc:
             await self.on_error(scope, receive, send, self._failure(exc))
             return
@@ -149,7 +150,8 @@ class KeyAuthMiddleware:
                                 _problem.problem_for_result(result, self.verifier.now()))
             return
         scope["keystile"] = result
-        scope["auth"], scope["user"] = self._principal(result)
+        principal = self._principals.get(id(result))
+        scope["auth"], scope["user"] = principal[1] if principal else self._principal(result)
         if self.ratelimit_headers and result.ratelimits:
             send = self._with_headers(send, _problem.ratelimit_headers(result, self.verifier.now()))
         await self.app(scope, receive, send)
@@ -167,18 +169,19 @@ class KeyAuthMiddleware:
             await self.on_error(scope, receive, send, _problem.malformed_key(extracted.problem or ""))
 
     def _principal(self, result: VerifyResult) -> tuple[AuthCredentials, KeyUser]:
-        """``request.auth`` and ``request.user`` of a result, built once per cached result."""
-        try:
-            return self._principals[id(result)][1]
-        except KeyError:
-            if len(self._principals) >= 10_000:
-                self._principals.clear()
-            principal = AuthCredentials(list(result.permissions)), KeyUser(result)
-            if result.ratelimits or result.credits is not None:
-                return principal  # a fresh result per request: nothing to reuse
-            # The entry holds the result, so its id cannot be reused while it is here.
-            self._principals[id(result)] = (result, principal)
-            return principal
+        """``request.auth`` and ``request.user`` of a result, kept for results that recur.
+
+        A cache hit returns the same result object again and again, so its principal
+        is built once (``__call__`` looks it up by the result's id first).
+        """
+        if len(self._principals) >= 10_000:
+            self._principals.clear()
+        principal = AuthCredentials(list(result.permissions)), KeyUser(result)
+        if result.ratelimits or result.credits is not None:
+            return principal  # a fresh result per request: nothing to reuse
+        # The entry holds the result, so its id cannot be reused while it is here.
+        self._principals[id(result)] = (result, principal)
+        return principal
 
     @staticmethod
     def _failure(exc: KeystileError) -> _problem.Problem:

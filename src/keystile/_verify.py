@@ -1,6 +1,6 @@
 """The verifier: prefix routing, the cache, the decision and the store.
 
-The verification is written once, as steps: :meth:`Verifier._start` either answers
+The verification is written once, as steps: :meth:`Verifier.start` either answers
 at once (the common case: a cache hit that needs no store trip) or returns the I/O
 it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two
 three-line drivers run those steps, one blocking and one under asyncio, so sync
@@ -84,7 +84,7 @@ class Verifier:
 
     def verify_request(self, key: str, request: VerifyRequest, ip: str | None = None) -> VerifyResult:
         """Verify ``key`` for ``request``; ``ip`` overrides ``request.ip``."""
-        step = self._start(key, request, ip or request.ip, self.now())
+        step = self.start(key, request, ip)
         while not isinstance(step, VerifyResult):
             step = step.resume(step.run_sync())
         return step
@@ -92,25 +92,20 @@ class Verifier:
     async def verify_request_async(
         self, key: str, request: VerifyRequest, ip: str | None = None
     ) -> VerifyResult:
-        return await self.finish_async(self._start(key, request, ip or request.ip, self.now()))
+        return await self.finish_async(self.start(key, request, ip))
 
     # -- the steps -------------------------------------------------------------------
 
-    def start(self, key: str, request: VerifyRequest, ip: str | None = None) -> Step:
+    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
+              now: int | None = None) -> Step:
         """The first step of a verification: a result, or the I/O to run next.
 
         For callers that can avoid a coroutine when no I/O is needed (the common
         cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
-        verifier.finish_async(step)``.
+        verifier.finish_async(step)``. ``ip`` overrides ``request.ip``.
         """
-        return self._start(key, request, ip or request.ip, self.now())
-
-    async def finish_async(self, step: Step) -> VerifyResult:
-        while not isinstance(step, VerifyResult):
-            step = step.resume(await step.run_async())
-        return step
-
-    def _start(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
+        if now is None:
+            now = self.now()
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
         prefix = split_key(key) if type(key) is str else None
@@ -121,7 +116,15 @@ class Verifier:
         entry = self.cache.fresh(digest, now)
         if entry is None:
             return _LoadRecord(self, digest, keyspace, request, ip, now)
+        memo = entry.memo
+        if memo is not None and memo[0] is request and memo[1] is keyspace:
+            return memo[2]  # this route asked this of this key before: same answer
         return self._decide(entry, keyspace, request, ip, now)
+
+    async def finish_async(self, step: Step) -> VerifyResult:
+        while not isinstance(step, VerifyResult):
+            step = step.resume(await step.run_async())
+        return step
 
     def _decide(
         self, entry: Entry, keyspace: Keyspace, request: VerifyRequest, ip: str | None, now: int
@@ -129,13 +132,16 @@ class Verifier:
         record = entry.record
         if record is None or record.keyspace_id != keyspace.id:
             return _NOT_FOUND  # unknown, or found by hash in another keyspace than its prefix's
-        code = decide_static(record, keyspace, request, now, ip)
+        code = decide_static(record, keyspace, request, now, ip or request.ip)
         if code is not None:
             return build_result(code, record)
         if record.static_only and not request.ratelimits:
-            if entry.valid is None:
-                entry.valid = build_result(Code.VALID, record)
-            return entry.valid
+            valid = build_result(Code.VALID, record)
+            if not keyspace.networks:
+                # Within the entry's life nothing else can change this answer: the
+                # entry ends before the key expires, and no client IP is involved.
+                entry.memo = (request, keyspace, valid)
+            return valid
         plan = make_plan(record, request)
         if plan.empty:
             return build_result(Code.VALID, record)
@@ -176,7 +182,7 @@ class _LoadKeyspaces:
 
     def resume(self, keyspaces: list[Keyspace]) -> Step:
         self.verifier._set_keyspaces(keyspaces, self.now)
-        return self.verifier._start(self.key, self.request, self.ip, self.now)
+        return self.verifier.start(self.key, self.request, self.ip, self.now)
 
 
 class _LoadRecord:
