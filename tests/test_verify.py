@@ -646,3 +646,25 @@ async def test_if_the_permission_query_is_malformed_then_permission_query_error_
         await ks.verifier.verify_async(created.key, permissions=query)
 
     assert ks.verify(created.key).credits == 0
+
+
+def test_if_8_threads_spend_from_one_key_then_exactly_its_credits_are_valid(
+    store_url: str, clock: Clock
+) -> None:
+    import threading
+
+    ks = Keystile(store_url, now=clock)
+    key = ks.create_key(ks.create_api("a", prefix="sk_a").id, credits=100).key
+    codes: list[Code] = []
+
+    def spend() -> None:
+        codes.extend(ks.verify(key).code for _ in range(25))
+
+    threads = [threading.Thread(target=spend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes.count(Code.VALID) == 100
+    assert codes.count(Code.USAGE_EXCEEDED) == 100
+    ks.close()

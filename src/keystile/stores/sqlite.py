@@ -53,6 +53,26 @@ def _path_from_url(url: str) -> str:
     return path
 
 
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.Lock:
+    """One lock per file in this process, shared by every store object of the file."""
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(path, threading.Lock())
+
+
+def _forget_writers() -> None:
+    # A child forked while a thread held a lock would wait for it forever: start afresh.
+    global _WRITERS_LOCK
+    _WRITERS_LOCK = threading.Lock()
+    _WRITERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_writers)
+
+
 class SQLiteStore(Store):
     """A SQLite file shared by the threads and processes of one machine."""
 
@@ -124,15 +144,24 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._errors():
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        # Threads of one process take turns here rather than in SQLite's busy handler,
+        # which sleeps in steps of milliseconds: under concurrent writes that sleeping,
+        # not the work, made the tail. Other processes still meet at BEGIN IMMEDIATE.
+        writer = _writer_lock(self.path)
+        if not writer.acquire(timeout=self.timeout):
+            raise StoreUnavailableError(f"SQLite store {self.path!r}: writers queued beyond the timeout")
+        try:
+            with self._errors():
+                conn = self._connect()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        finally:
+            writer.release()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._errors():
