@@ -1,0 +1,186 @@
+"""The cases: what each one serves, which key it accepts, and how it must reject.
+
+A case builds a :class:`Target` from the shared :class:`Fixture`: the app (ASGI or
+WSGI), the headers of a valid request, and the status a request without a key and
+one with a wrong key must get. Peers are imported only when their case is built,
+so the bare and keystile cases need nothing beyond keystile's own dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from starlette.middleware import Middleware
+
+from keystile import KeyAuthMiddleware
+
+from . import peers
+from .apps import IdealAuth, fastapi_app, starlette_app
+from .fixture import PERMISSION_QUERY, Fixture, KeystileSetup, wrong_key
+
+__all__ = ["CASES", "Case", "Target", "select"]
+
+Kind = Literal["bare", "ideal", "keystile", "peer"]
+IDEAL_TOKEN = "Bearer sk_ideal_0123456789abcdefghijkl"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A built case: the app and the requests that check it."""
+
+    app: Any
+    headers: tuple[tuple[str, str], ...]
+    wrong_headers: tuple[tuple[str, str], ...] | None
+    missing_status: int = 401
+    wrong_status: int = 401
+    interface: Literal["asgi", "wsgi"] = "asgi"
+    path: str = "/"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    framework: str
+    kind: Kind
+    build: Callable[[Fixture], Target]
+    requires: tuple[str, ...] = ()
+    http: bool = True  # can run under uvicorn (the WSGI cases run in-process only)
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def missing_modules(self) -> list[str]:
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+
+def _bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+# -- baselines --------------------------------------------------------------------------
+
+
+def _bare_starlette(_: Fixture) -> Target:
+    return Target(starlette_app(), (), None, missing_status=200)
+
+
+def _bare_fastapi(_: Fixture) -> Target:
+    return Target(fastapi_app(), (), None, missing_status=200)
+
+
+def _ideal(framework: str) -> Callable[[Fixture], Target]:
+    def build(_: Fixture) -> Target:
+        middleware = [Middleware(IdealAuth, expected=IDEAL_TOKEN)]
+        app = starlette_app(middleware) if framework == "starlette" else fastapi_app(
+            middleware=middleware)
+        wrong = (("authorization", IDEAL_TOKEN[:-1] + "X"),)
+        return Target(app, (("authorization", IDEAL_TOKEN),), wrong)
+
+    return build
+
+
+# -- keystile -----------------------------------------------------------------------------
+
+
+def _keystile(
+    framework: str, setup: Callable[[Fixture], KeystileSetup], *,
+    key: Literal["plain", "perm", "full"] = "plain", by_url: bool = False, **options: Any,
+) -> Callable[[Fixture], Target]:
+    """keystile's middleware on ``framework``; ``by_url`` passes ``store=URL`` as users do.
+
+    The ``perm`` and ``full`` keys are checked against the permission query.
+    """
+    permissions = None if key == "plain" else PERMISSION_QUERY
+
+    def build(fixture: Fixture) -> Target:
+        chosen = setup(fixture)
+        source: dict[str, Any] = {"store": chosen.url, **options} if by_url else {
+            "verifier": chosen.ks}
+        # cast: mypy cannot match KeyAuthMiddleware to Starlette's middleware-factory protocol
+        middleware = [Middleware(cast(Any, KeyAuthMiddleware), permissions=permissions, **source)]
+        app = starlette_app(middleware) if framework == "starlette" else fastapi_app(
+            middleware=middleware)
+        plaintext = {"plain": chosen.key, "perm": chosen.perm_key, "full": chosen.full_key}[key]
+        return Target(app, _bearer(plaintext), _bearer(wrong_key(plaintext)))
+
+    return build
+
+
+def _memory(fixture: Fixture) -> KeystileSetup:
+    return fixture.memory()
+
+
+def _sqlite(fixture: Fixture) -> KeystileSetup:
+    return fixture.sqlite()
+
+
+CASES: tuple[Case, ...] = (
+    Case("starlette-bare", "starlette", "bare", _bare_starlette,
+         description="Starlette, no auth (the baseline)"),
+    Case("starlette-ideal", "starlette", "ideal", _ideal("starlette"),
+         description="pure ASGI: compare the header with a constant"),
+    Case("starlette-keystile-memory-hit", "starlette", "keystile", _keystile("starlette", _memory),
+         description="KeyAuthMiddleware, memory://, cache hit"),
+    Case("starlette-keystile-memory-perm", "starlette", "keystile",
+         _keystile("starlette", _memory, key="perm"),
+         description=f"memory://, cache hit + permission query {PERMISSION_QUERY!r}"),
+    Case("starlette-keystile-memory-full", "starlette", "keystile",
+         _keystile("starlette", _memory, key="full"),
+         description="memory://, cache hit + permission query + credits + auto rate limit"),
+    Case("starlette-keystile-sqlite-hit", "starlette", "keystile",
+         _keystile("starlette", _sqlite, by_url=True),
+         description="KeyAuthMiddleware(store='sqlite:///…'), cache hit"),
+    Case("starlette-keystile-sqlite-miss", "starlette", "keystile",
+         _keystile("starlette", _sqlite, by_url=True, cache_ttl=0),
+         description="SQLite, cache disabled (cache_ttl=0): a store read per request"),
+    Case("starlette-keystile-sqlite-full", "starlette", "keystile",
+         _keystile("starlette", _sqlite, key="full", by_url=True),
+         description="SQLite, cache hit + permission query + credits + rate limit (settled)"),
+    Case("starlette-authmw-dict", "starlette", "peer", peers.starlette_authentication,
+         description="Starlette AuthenticationMiddleware + dict-backed backend"),
+    Case("fastapi-bare", "fastapi", "bare", _bare_fastapi, requires=("fastapi",),
+         description="FastAPI, no auth (the baseline)"),
+    Case("fastapi-ideal", "fastapi", "ideal", _ideal("fastapi"), requires=("fastapi",),
+         description="pure ASGI: compare the header with a constant"),
+    Case("fastapi-keystile-memory-hit", "fastapi", "keystile", _keystile("fastapi", _memory),
+         requires=("fastapi",), description="KeyAuthMiddleware on FastAPI, memory://, cache hit"),
+    Case("fastapi-key-auth-middleware", "fastapi", "peer", peers.fastapi_key_auth_middleware,
+         requires=("fastapi_key_auth",), description="fastapi-key-auth AuthorizerMiddleware"),
+    Case("fastapi-key-auth-dependency", "fastapi", "peer", peers.fastapi_key_auth_dependency,
+         requires=("fastapi_key_auth",),
+         description="fastapi-key-auth AuthorizerDependency (missing header: 422)"),
+    Case("fastapi-keyshield-cached", "fastapi", "peer", peers.keyshield_cached,
+         requires=peers.KEYSHIELD_MODULES,
+         description="keyshield CachedApiKeyService (aiocache) + argon2, in-memory repo"),
+    Case("django-drf-bare", "django", "bare", peers.drf("bare"), requires=peers.DRF_MODULES,
+         http=False, description="Django REST framework APIView, no auth (WSGI)"),
+    Case("django-drf-keystile", "django", "keystile", peers.drf("keystile"),
+         requires=peers.DRF_MODULES, http=False,
+         description="keystile Verifier in a DRF authentication class, memory://, cache hit"),
+    Case("django-drf-api-key", "django", "peer", peers.drf("api_key"), requires=peers.DRF_MODULES,
+         http=False, description="djangorestframework-api-key HasAPIKey, SQLite (missing: 403)"),
+)
+
+
+def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """The cases to run (baselines always added) and the skipped ones with the reason."""
+    chosen = [c for c in CASES if not patterns or any(p in c.name for p in patterns)]
+    frameworks = {c.framework for c in chosen} | {"starlette"}
+    wanted = {c.name for c in chosen} | {
+        c.name for c in CASES if c.kind == "bare" and c.framework in frameworks}
+    run: list[Case] = []
+    skipped: list[tuple[Case, str]] = []
+    for case in CASES:
+        if case.name not in wanted:
+            continue
+        missing = case.missing_modules()
+        if missing:
+            skipped.append((case, f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"))
+        elif http and not case.http:
+            skipped.append((case, "WSGI: in-process mode only"))
+        else:
+            run.append(case)
+    return run, skipped

@@ -1,0 +1,107 @@
+"""Output: the table, the JSON document and the bar chart."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["format_micro", "format_peers", "format_scale", "format_table", "plot"]
+
+Row = dict[str, Any]
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+_COLUMNS = ("case", "framework", "rps", "rps IQR", "us/req", "p50 us", "p99 us", "vs bare",
+            "vs starlette", "vs ideal", "check")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    lines = [_cells(row) for row in rows]
+    widths = [max(len(c[i]) for c in [list(_COLUMNS), *lines]) for i in range(len(_COLUMNS))]
+    out = [_join(list(_COLUMNS), widths), _join(["-" * w for w in widths], widths)]
+    out += [_join(cells, widths) for cells in lines]
+    return "\n".join(out)
+
+
+def _cells(row: Row) -> list[str]:
+    return [
+        row["name"], row["framework"], _num(row["rps"], 0),
+        f"{_num(row['rps_q1'], 0)}-{_num(row['rps_q3'], 0)}", _num(row["us_per_req"], 2),
+        _num(row["p50_us"]), _num(row["p99_us"]), _ratio(row.get("ratio_to_bare")),
+        _ratio(row.get("ratio_to_starlette")), _ratio(row.get("ratio_to_ideal")),
+        row["check"] + ("" if row["passed"] else f" BAD x{row['bad_responses']}"),
+    ]
+
+
+def _join(cells: list[str], widths: list[int]) -> str:
+    first = cells[0].ljust(widths[0])
+    return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+
+def format_peers(rows: Sequence[Row]) -> str:
+    lines = []
+    for row in rows:
+        for peer, ratio in (row.get("vs_peers") or {}).items():
+            lines.append(f"  {row['name']} vs {peer}: {ratio:.2f}x the requests per second")
+    return "\n".join(["keystile against the peers on the same framework:", *lines]) if lines else ""
+
+
+def format_micro(items: Sequence[Row]) -> str:
+    width = max((len(item["name"]) for item in items), default=10)
+    lines = [f"{'micro-benchmark'.ljust(width)}  {'ns/call':>10}  note", "-" * (width + 24)]
+    for item in items:
+        value = "-" if item["ns"] is None else f"{item['ns']:,.0f}"
+        lines.append(f"{item['name'].ljust(width)}  {value:>10}  {item.get('note', '')}")
+    return "\n".join(lines)
+
+
+def format_scale(scale: Row) -> str:
+    lines = ["cache-miss verify on SQLite (Verifier.verify_request, cache_ttl=0):"]
+    for entry in scale["stores"]:
+        lines.append(
+            f"  {entry['keys']:>10,} keys: p50 {entry['p50_us']:.1f} us, p99 {entry['p99_us']:.1f} us,"
+            f" {entry['ratio_to_smallest']:.2f}x the smallest store (filled in {entry['fill_s']:.1f} s)")
+    memory = scale.get("memory_per_cached_key")
+    if memory:
+        lines.append(f"  memory per cached key: {memory['bytes_per_key']:,.0f} bytes"
+                     f" ({memory['records']:,} records, {memory['method']})")
+    return "\n".join(lines)
+
+
+_COLORS = {"bare": "#9e9e9e", "ideal": "#607d8b", "keystile": "#2e7d32", "peer": "#c62828"}
+
+
+def plot(rows: Sequence[Row], path: str, title: str) -> None:
+    """Horizontal bars of requests per second; error bars span the rounds' IQR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["name"] for row in rows][::-1]
+    rps = [row["rps"] for row in rows][::-1]
+    errors = [[row["rps"] - row["rps_q1"] for row in rows][::-1],
+              [row["rps_q3"] - row["rps"] for row in rows][::-1]]
+    colors = [_COLORS[row["kind"]] for row in rows][::-1]
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.6))
+    ax.barh(names, rps, xerr=errors, color=colors, capsize=3)
+    for y, row in enumerate(rows[::-1]):
+        ax.text(max(row["rps"], row["rps_q3"]), y,
+                f"  {row['rps']:,.0f} ({_ratio(row.get('ratio_to_bare'))} bare)", va="center",
+                fontsize=8)
+    ax.set_xlabel("requests per second (median of rounds; bars: IQR)")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(0, max(max(rps), *(row["rps_q3"] for row in rows)) * 1.35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""The benchmark harness runs end to end in --quick mode: every case passes its check
+(the valid key gets 200, no key is rejected) and the JSON has its documented shape.
+Timings are never asserted: they belong to the harness's report, not to tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.cli import main
+
+CORE_CASES = ("starlette-bare", "starlette-ideal", "starlette-keystile-memory-hit",
+              "starlette-keystile-sqlite-miss")
+CASE_FIELDS = {"name", "framework", "kind", "rps", "us_per_req", "p50_us", "p99_us",
+               "ratio_to_bare", "ratio_to_starlette", "check", "passed"}
+
+
+def run_harness(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["--quick", "--json", "--quiet", *args]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+def assert_every_case_passed(doc: dict[str, Any]) -> None:
+    for case in doc["cases"]:
+        assert case.keys() >= CASE_FIELDS, case["name"]
+        assert case["passed"], case["name"]
+        assert case["check"].startswith("200"), case["name"]
+        assert case["rps"] > 0 and case["p99_us"] >= case["p50_us"] > 0
+
+
+def test_quick_inprocess_run_checks_the_core_cases_and_prints_the_json_shape(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    doc = run_harness(capsys, "--cases", ",".join(CORE_CASES))
+
+    assert {case["name"] for case in doc["cases"]} >= set(CORE_CASES)
+    assert_every_case_passed(doc)
+    by_name = {case["name"]: case for case in doc["cases"]}
+    assert by_name["starlette-bare"]["ratio_to_bare"] == 1.0
+    assert by_name["starlette-keystile-memory-hit"]["check"] == "200/401/401"
+    assert {"cpu", "cores", "python", "platform", "versions"} <= doc["machine"].keys()
+    assert doc["config"]["mode"] == "inprocess"
+
+
+def test_micro_benchmarks_report_the_verify_to_sha256_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    doc = run_harness(capsys, "--no-cases")
+
+    names = {item["name"] for item in doc["micro"]}
+    assert {"sha256 of a key (hashlib)", "verify_request, cache hit"} <= names
+    assert {"ratio", "target", "met", "verify_hit_ns", "sha256_ns"} <= doc["verify_vs_sha256"].keys()
+
+
+def test_a_small_scale_run_verifies_bulk_written_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = run_harness(capsys, "--no-cases", "--no-micro", "--keys", "50", "--keys", "3000",
+                      "--key-samples", "50", "--cached-records", "200")
+
+    assert [store["keys"] for store in doc["scale"]["stores"]] == [50, 3000]
+    assert doc["scale"]["memory_per_cached_key"]["records"] == 200
+
+
+def test_peer_cases_pass_their_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    for module in ("fastapi_key_auth", "keyshield", "aiocache", "argon2", "greenlet"):
+        pytest.importorskip(module)
+
+    doc = run_harness(capsys, "--no-micro", "--cases", "authmw,fastapi-key-auth,keyshield")
+
+    assert {case["kind"] for case in doc["cases"]} >= {"bare", "peer"}
+    assert not doc["skipped"]
+    assert_every_case_passed(doc)
+
+
+def test_django_cases_pass_their_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    for module in ("django", "rest_framework", "rest_framework_api_key"):
+        pytest.importorskip(module)
+
+    doc = run_harness(capsys, "--no-micro", "--cases", "django")
+
+    assert {case["name"] for case in doc["cases"]} >= {"django-drf-bare", "django-drf-api-key",
+                                                       "django-drf-keystile"}
+    assert_every_case_passed(doc)
+
+
+def test_plot_is_drawn(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+
+    run_harness(capsys, "--no-micro", "--cases", "starlette-bare", "--plot", str(path))
+
+    assert path.read_bytes().startswith(b"\x89PNG")
