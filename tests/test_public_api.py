@@ -20,6 +20,7 @@ PUBLIC_NAMES = [
     "Credits",
     "Identity",
     "KeyAuthMiddleware",
+    "KeyAuthWSGIMiddleware",
     "KeyInfo",
     "KeyPage",
     "KeyRecord",

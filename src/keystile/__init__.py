@@ -49,6 +49,7 @@ from ._models import (
 )
 from ._permissions import PermissionQuery, parse_query
 from ._verify import Verifier
+from ._wsgi import KeyAuthWSGIMiddleware
 from .stores import MemoryStore, SQLiteStore, Store, open_store
 
 __version__ = "0.1.0"
@@ -64,6 +65,7 @@ __all__ = [
     "Credits",
     "Identity",
     "KeyAuthMiddleware",
+    "KeyAuthWSGIMiddleware",
     "KeyInfo",
     "KeyPage",
     "KeyRecord",

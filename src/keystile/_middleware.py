@@ -12,25 +12,21 @@ Each HTTP request's key is verified; the :class:`VerifyResult` lands in
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _problem
-from ._errors import ConfigurationError, KeystileError, StoreError, UnknownRatelimitError
-from ._extract import Extracted, extract_key, plain_bearer
-from ._manage import Keystile
-from ._models import VerifyRequest, VerifyResult
-from ._verify import Verifier
-from .stores import Store
+from ._errors import KeystileError
+from ._extract import plain_bearer
+from ._gate import Gate
+from ._models import VerifyResult
+from ._problem import Problem
 
 __all__ = ["KeyAuthMiddleware", "KeyUser"]
 
-logger = logging.getLogger("keystile")
-ErrorHandler = Callable[[Scope, Receive, Send, _problem.Problem], Awaitable[None]]
+ErrorHandler = Callable[[Scope, Receive, Send, Problem], Awaitable[None]]
 
 
 class KeyUser(BaseUser):
@@ -63,7 +59,7 @@ class KeyUser(BaseUser):
         return f"KeyUser(key_id={self.key_id!r})"
 
 
-async def send_problem(scope: Scope, receive: Receive, send: Send, problem: _problem.Problem) -> None:
+async def send_problem(scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
     """The default ``on_error``: send the problem as the whole response."""
     await send({"type": "http.response.start", "status": problem.status,
                 "headers": problem.raw_headers()})
@@ -92,33 +88,10 @@ class KeyAuthMiddleware:
     - cache options (``cache_ttl``, ``negative_ttl``, ``cache_size``) pass to the verifier.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: Store | str | None = None,
-        verifier: Verifier | Keystile | None = None,
-        header: str = "authorization",
-        exclude_paths: Iterable[str] = (),
-        allow_anonymous: bool = False,
-        permissions: str | None = None,
-        cost: int | None = None,
-        ratelimits: Sequence[str | Mapping[str, Any]] = (),
-        api_id: str | None = None,
-        ratelimit_headers: bool = True,
-        on_error: ErrorHandler | None = None,
-        **verifier_options: Any,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, on_error: ErrorHandler | None = None, **options: Any) -> None:
         self.app = app
-        self.verifier = _verifier(store, verifier, verifier_options)
-        self.header = header.lower().encode("latin-1")
-        self.scheme = "bearer" if self.header == b"authorization" else None
-        self.exclude_paths = tuple(exclude_paths)
-        self.allow_anonymous = allow_anonymous
-        # VerifyRequest checks the query and the cost: a bad one fails here, at startup.
-        self.request = VerifyRequest(permissions=permissions, cost=cost,
-                                     ratelimits=tuple(ratelimits), api_id=api_id)
-        self.ratelimit_headers = ratelimit_headers
+        self.gate = Gate(**options)
+        self.verifier = self.gate.verifier
         self.on_error = on_error or send_problem
         self._principals: dict[int, tuple[VerifyResult, tuple[AuthCredentials, KeyUser]]] = {}
 
@@ -126,47 +99,41 @@ class KeyAuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.exclude_paths and scope["path"].startswith(self.exclude_paths):
+        gate = self.gate
+        if gate.excluded(scope["path"]):
             await self._anonymous(scope, receive, send)
             return
-        key = plain_bearer(scope["headers"]) if self.scheme else None
+        key = plain_bearer(scope["headers"]) if gate.scheme else None
         if key is None:  # not the one plain "Bearer <key>": let the thorough reader say why
-            extracted = extract_key(scope["headers"], header=self.header, scheme=self.scheme)
-            if extracted.key is None:
-                await self._no_key(scope, receive, send, extracted)
+            read = gate.read(scope["headers"])
+            if read is None:
+                await self._anonymous(scope, receive, send)
                 return
-            key = extracted.key
+            if isinstance(read, Problem):
+                await self.on_error(scope, receive, send, read)
+                return
+            key = read
         client = scope.get("client")
         verifier = self.verifier
         try:
-            step = verifier.start(key, self.request, client[0] if client else None)
+            step = verifier.start(key, gate.request, client[0] if client else None)
             result = step if type(step) is VerifyResult else await verifier.finish_async(step)
         except KeystileError as exc:
-            await self.on_error(scope, receive, send, self._failure(exc))
+            await self.on_error(scope, receive, send, gate.failure(exc))
             return
         if not result.valid:
-            logger.debug("keystile: rejected key_id=%s code=%s", result.key_id, result.code.value)
-            await self.on_error(scope, receive, send,
-                                _problem.problem_for_result(result, self.verifier.now()))
+            await self.on_error(scope, receive, send, gate.rejection(result))
             return
         scope["keystile"] = result
         principal = self._principals.get(id(result))
         scope["auth"], scope["user"] = principal[1] if principal else self._principal(result)
-        if self.ratelimit_headers and result.ratelimits:
-            send = self._with_headers(send, _problem.ratelimit_headers(result, self.verifier.now()))
+        if result.ratelimits:
+            send = _adding_headers(send, gate.success_headers(result))
         await self.app(scope, receive, send)
 
     async def _anonymous(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
         await self.app(scope, receive, send)
-
-    async def _no_key(self, scope: Scope, receive: Receive, send: Send, extracted: Extracted) -> None:
-        if extracted.missing and self.allow_anonymous:
-            await self._anonymous(scope, receive, send)
-        elif extracted.missing:
-            await self.on_error(scope, receive, send, _problem.missing_key())
-        else:
-            await self.on_error(scope, receive, send, _problem.malformed_key(extracted.problem or ""))
 
     def _principal(self, result: VerifyResult) -> tuple[AuthCredentials, KeyUser]:
         """``request.auth`` and ``request.user`` of a result, kept for results that recur.
@@ -183,32 +150,14 @@ class KeyAuthMiddleware:
         self._principals[id(result)] = (result, principal)
         return principal
 
-    @staticmethod
-    def _failure(exc: KeystileError) -> _problem.Problem:
-        if isinstance(exc, UnknownRatelimitError):
-            return _problem.misconfigured_ratelimit(exc.name)
-        if isinstance(exc, StoreError):
-            logger.warning("keystile: store unavailable, answering 503: %s", exc)
-            return _problem.store_unavailable()
-        raise exc
 
-    @staticmethod
-    def _with_headers(send: Send, headers: list[tuple[str, str]]) -> Send:
-        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+def _adding_headers(send: Send, raw: list[tuple[bytes, bytes]]) -> Send:
+    if not raw:
+        return send
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *raw]}
-            await send(message)
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *raw]}
+        await send(message)
 
-        return send_with_headers
-
-
-def _verifier(
-    store: Store | str | None, verifier: Verifier | Keystile | None, options: dict[str, Any]
-) -> Verifier:
-    if verifier is not None:
-        if store is not None or options:
-            raise ConfigurationError("pass either verifier= or store= and cache options, not both")
-        return verifier.verifier if isinstance(verifier, Keystile) else verifier
-    return Verifier(store, **options)
+    return send_with_headers
