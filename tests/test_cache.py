@@ -400,3 +400,97 @@ def test_if_one_sqlite_file_is_spelled_two_ways_then_a_change_evicts_in_both(
     assert absolute.verify(created.key).valid
     relative.update_key(created.key_id, enabled=False)
     assert absolute.verify(created.key).code is Code.DISABLED
+
+
+# -- loads that race an invalidation (review) ----------------------------------------------
+
+
+def read_then_wait(base: type[Store], method: str) -> type[Any]:
+    """A real store whose ``method``, once armed, reads first and then waits to be released:
+    the answer it returns was read before whatever the test does meanwhile."""
+
+    class ReadThenWait(base):  # type: ignore[valid-type, misc]
+        blocking = True
+
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self.armed = False
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def _read_then_wait(self, *args: Any) -> Any:
+            answer = getattr(super(), method)(*args)
+            if self.armed:
+                self.armed = False
+                self.entered.set()
+                if not self.release.wait(10):
+                    raise AssertionError("the test never released the load")
+            return answer
+
+    setattr(ReadThenWait, method, ReadThenWait._read_then_wait)
+    return ReadThenWait
+
+
+def test_if_a_key_is_disabled_while_its_record_is_being_loaded_then_the_old_record_is_not_cached(
+    counting_store_class: type[Store], store_url: str, clock: Clock,
+) -> None:
+    store = read_then_wait(counting_store_class, "load_record")(store_url)
+    ks = Keystile(store, now=clock)
+    created = ks.create_key(ks.create_api("payments", prefix="sk_live").id)
+    ks.verify("warm")  # the keyspace map
+    store.armed = True
+    early: list[Code] = []
+    thread = threading.Thread(target=lambda: early.append(ks.verify(created.key).code))
+    thread.start()
+    assert store.entered.wait(10)  # the enabled record has been read, not yet cached
+
+    ks.update_key(created.key_id, enabled=False)  # evicts: nothing is cached yet
+    store.release.set()
+    thread.join(10)
+
+    assert early == [Code.VALID]  # concurrent with the change: either answer is fair
+    assert ks.verify(created.key).code is Code.DISABLED  # but the stale read is not kept
+    ks.close()
+
+
+def test_if_an_api_is_deleted_while_the_keyspace_map_is_being_loaded_then_its_keys_are_not_found(
+    counting_store_class: type[Store], store_url: str, clock: Clock,
+) -> None:
+    store = read_then_wait(counting_store_class, "load_keyspaces")(store_url)
+    ks = Keystile(store, now=clock)
+    api = ks.create_api("payments", prefix="sk_live")
+    created = ks.create_key(api.id)
+    store.armed = True  # the next verify reloads the map (create_api asked for it)
+    thread = threading.Thread(target=lambda: ks.verify(created.key))
+    thread.start()
+    assert store.entered.wait(10)  # the map with the live API has been read
+
+    ks.delete_api(api.id)  # asks every verifier to reload the map
+    store.release.set()
+    thread.join(10)
+
+    assert ks.verify(created.key).code is Code.NOT_FOUND  # not VALID for keyspace_refresh
+    ks.close()
+
+
+async def test_if_the_task_loading_a_record_is_cancelled_then_the_tasks_waiting_for_it_still_get_it(
+    counting_store_class: type[Store], store_url: str, clock: Clock,
+) -> None:
+    store = gated(counting_store_class)(store_url)
+    ks = Keystile(store, now=clock)
+    created = ks.create_key(ks.create_api("payments", prefix="sk_live").id)
+    await ks.verifier.verify_async("warm")
+    store.armed = True
+    leader = asyncio.create_task(ks.verifier.verify_async(created.key))
+    assert await asyncio.to_thread(store.entered.wait, 10)  # the leader is loading
+    follower = asyncio.create_task(ks.verifier.verify_async(created.key))
+    for _ in range(100):
+        await asyncio.sleep(0)  # the follower misses and joins the leader's flight
+
+    leader.cancel()
+    store.release.set()
+    results = await asyncio.gather(leader, follower, return_exceptions=True)
+
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert isinstance(results[1], VerifyResult) and results[1].code is Code.VALID
+    ks.close()

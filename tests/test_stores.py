@@ -18,6 +18,7 @@ from keystile import (
     MemoryStore,
     SQLiteStore,
     Store,
+    StoreError,
     StoreUnavailableError,
     open_store,
 )
@@ -514,3 +515,28 @@ def test_if_sqlite_store_closed_then_connections_of_every_thread_are_closed(sqli
     for conn in connections:
         with pytest.raises(sqlite3.ProgrammingError):
             conn.execute("SELECT 1")
+
+
+def test_if_a_sqlite_commit_fails_then_the_transaction_is_rolled_back_and_the_file_stays_writable(
+    sqlite_url: str,
+) -> None:
+    store = SQLiteStore(sqlite_url, timeout=0.5)
+    failing = [True]
+
+    def deny_one_commit(action: int, arg1: str | None, *_: Any) -> int:
+        # A COMMIT that fails, as one does on a full disk or an I/O error.
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and failing[0]:
+            failing[0] = False
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    store._connect().set_authorizer(deny_one_commit)
+    with pytest.raises(StoreError):
+        store.transact(["a"], lambda states: ({"a": {"n": 1}}, None))
+
+    store.transact(["a"], lambda states: ({"a": {"n": 2}}, None))  # this thread writes again
+    other = SQLiteStore(sqlite_url, timeout=0.5)  # and the write lock was released
+    other.transact(["b"], lambda states: ({"b": {"n": 1}}, None))
+    assert other.read_states(["a", "b"]) == {"a": {"n": 2}, "b": {"n": 1}}
+    other.close()
+    store.close()

@@ -63,7 +63,9 @@ class RecordCache:
         # re-inserted on every refresh anyway, so the oldest is the one to drop.
         self._cache: FIFOCache[bytes, Entry] = FIFOCache(maxsize=maxsize)
         self._inflight: dict[bytes, Future[Entry]] = {}
-        self._ainflight: dict[bytes, asyncio.Future[Entry]] = {}
+        self._ainflight: dict[bytes, asyncio.Task[Entry]] = {}
+        # Bumped by every eviction: a load that began before one must not cache what it read.
+        self._generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -90,8 +92,13 @@ class RecordCache:
         entry = self.fresh(_digest(key_hash), self._clock())
         return entry.record if entry is not None else None
 
-    def put(self, digest: bytes, record: KeyRecord | None, now: int) -> Entry:
-        """Cache ``record`` (when caching is on) and return its entry."""
+    def put(self, digest: bytes, record: KeyRecord | None, now: int,
+            generation: int | None = None) -> Entry:
+        """Cache ``record`` (when caching is on) and return its entry.
+
+        With ``generation`` (read before ``record`` was loaded), the entry is cached
+        only if nothing was evicted since: a record read before an update is stale.
+        """
         if record is None:
             entry = Entry(None, now + self._negative_ms)
         else:
@@ -99,17 +106,26 @@ class RecordCache:
             entry = Entry(record, deadline if record.expires is None else min(deadline, record.expires + 1))
         if self.enabled and entry.deadline > now:
             with self._lock:
-                self._cache[digest] = entry
+                if generation is None or generation == self._generation:
+                    self._cache[digest] = entry
         return entry
 
     def evict(self, key_hash: str) -> None:
         """Drop the entry of a stored hash (``base64(sha256(key))``)."""
+        digest = _digest(key_hash)
         with self._lock:
-            self._cache.pop(_digest(key_hash), None)
+            self._generation += 1
+            self._cache.pop(digest, None)
+            # Misses from now on load afresh rather than join a load begun before the change.
+            self._inflight.pop(digest, None)
+            self._ainflight.pop(digest, None)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._cache.clear()
+            self._inflight.clear()
+            self._ainflight.clear()
 
     # -- single flight ----------------------------------------------------------------
 
@@ -122,8 +138,9 @@ class RecordCache:
                 flight = self._inflight[digest] = Future()
         if not leader:
             return flight.result()
+        generation = self._generation
         try:
-            entry = self.put(digest, loader(), now)
+            entry = self.put(digest, loader(), now, generation)
             flight.set_result(entry)
             return entry
         except BaseException as exc:
@@ -131,28 +148,36 @@ class RecordCache:
             raise
         finally:
             with self._lock:
-                self._inflight.pop(digest, None)
+                if self._inflight.get(digest) is flight:
+                    del self._inflight[digest]
 
     async def load_async(
         self, digest: bytes, loader: Callable[[], Awaitable[KeyRecord | None]], now: int
     ) -> Entry:
-        """Like :meth:`load` for the asyncio tasks of one event loop."""
+        """Like :meth:`load` for the asyncio tasks of one event loop.
+
+        The load runs in a task of its own that every waiter awaits shielded, so a
+        waiter that is cancelled (the first one included) cancels only its own wait.
+        """
         loop = asyncio.get_running_loop()
         flight = self._ainflight.get(digest)
-        if flight is not None and flight.get_loop() is loop:
-            return await asyncio.shield(flight)
-        flight = self._ainflight[digest] = loop.create_future()
-        try:
-            entry = self.put(digest, await loader(), now)
-            flight.set_result(entry)
-            return entry
-        except BaseException as exc:
-            flight.set_exception(exc)
-            flight.exception()  # followers may be none: mark it retrieved
-            raise
-        finally:
-            if self._ainflight.get(digest) is flight:
-                del self._ainflight[digest]
+        if flight is None or flight.get_loop() is not loop:
+            flight = loop.create_task(self._lead_async(digest, loader, now, self._generation))
+            self._ainflight[digest] = flight
+            flight.add_done_callback(lambda done: self._landed(digest, done))
+        return await asyncio.shield(flight)
+
+    async def _lead_async(
+        self, digest: bytes, loader: Callable[[], Awaitable[KeyRecord | None]], now: int,
+        generation: int,
+    ) -> Entry:
+        return self.put(digest, await loader(), now, generation)
+
+    def _landed(self, digest: bytes, flight: asyncio.Task[Entry]) -> None:
+        if self._ainflight.get(digest) is flight:
+            del self._ainflight[digest]
+        if not flight.cancelled():
+            flight.exception()  # every waiter may have gone: mark it retrieved
 
 
 def _digest(key_hash: str) -> bytes:

@@ -56,6 +56,7 @@ class Verifier:
         self._refresh_ms = int(keyspace_refresh * 1000)
         self._by_prefix: dict[str, Keyspace] = {}
         self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
+        self._keyspaces_generation = 0  # bumped by every keyspace invalidation
         subscribe(self.store.url, self)
 
     def __repr__(self) -> str:
@@ -67,6 +68,7 @@ class Verifier:
         else:
             self.cache.evict(key_hash)
         if keyspaces:
+            self._keyspaces_generation += 1
             self._keyspaces_due = 0
 
     def keyspace_for(self, prefix: str) -> Keyspace | None:
@@ -147,9 +149,15 @@ class Verifier:
             return build_result(Code.VALID, record)
         return _Settle(self, entry, plan, now)
 
-    def _set_keyspaces(self, keyspaces: Iterable[Keyspace], now: int) -> None:
+    def _set_keyspaces(self, keyspaces: Iterable[Keyspace], now: int, generation: int) -> None:
+        """Install a loaded map, unless keyspaces changed since ``generation`` (the
+        load may predate the change): then the map stays due and is loaded again."""
+        if generation != self._keyspaces_generation:
+            return
         self._by_prefix = {keyspace.prefix: keyspace for keyspace in keyspaces}
         self._keyspaces_due = now + self._refresh_ms
+        if generation != self._keyspaces_generation:  # invalidated meanwhile, in a thread
+            self._keyspaces_due = 0
 
 
 class _Pending(Protocol):
@@ -168,11 +176,12 @@ Step = VerifyResult | _Pending
 class _LoadKeyspaces:
     """Reload the prefix map, then start over."""
 
-    __slots__ = ("ip", "key", "now", "request", "verifier")
+    __slots__ = ("generation", "ip", "key", "now", "request", "verifier")
 
     def __init__(self, verifier: Verifier, key: str, request: VerifyRequest, ip: str | None,
                  now: int) -> None:
         self.verifier, self.key, self.request, self.ip, self.now = verifier, key, request, ip, now
+        self.generation = verifier._keyspaces_generation
 
     def run_sync(self) -> list[Keyspace]:
         return self.verifier.store.load_keyspaces()
@@ -181,7 +190,7 @@ class _LoadKeyspaces:
         return await self.verifier.astore.load_keyspaces()
 
     def resume(self, keyspaces: list[Keyspace]) -> Step:
-        self.verifier._set_keyspaces(keyspaces, self.now)
+        self.verifier._set_keyspaces(keyspaces, self.now, self.generation)
         return self.verifier.start(self.key, self.request, self.ip, self.now)
 
 

@@ -156,10 +156,13 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # Also when COMMIT itself failed: else the connection stays in the
+                    # transaction, holding the file's write lock for good.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
         finally:
             writer.release()
 
