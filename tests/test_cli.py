@@ -164,3 +164,11 @@ def test_if_console_script_runs_then_help_lists_the_commands() -> None:
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("apis", "keys", "demo"):
         assert command in out
+
+
+def test_if_update_gets_a_refill_without_credits_then_it_is_refused(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    key_id = cli("keys", "create", "--api", api["apiId"], "--credits", "5")["keyId"]
+    error = cli("keys", "update", key_id, "--refill", "daily:5", status=2)["error"]
+    assert "--refill needs --credits" in error["message"]

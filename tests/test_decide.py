@@ -216,14 +216,20 @@ def test_if_a_limit_is_not_auto_applied_then_it_is_not_planned_unless_named() ->
     assert plan.limits == ()
 
 
-def test_if_key_and_identity_share_a_limit_name_then_the_key_limit_wins() -> None:
+def test_if_key_and_identity_both_auto_apply_a_name_then_both_are_checked() -> None:
     identity = Identity("id_1", "team-a", None, (limit("requests", 100, auto=True),))
     key = record(ratelimits=(limit("requests", 5, 1000, auto=True),), identity=identity)
-    (check,) = make_plan(key, VerifyRequest()).limits
-    assert (check.config.limit, check.config.duration) == (5, 1000)
-    assert check.state_key.startswith("rl:key_1:")
-    (named,) = make_plan(key, VerifyRequest(ratelimits=("requests",))).limits
-    assert named.config.limit == 5
+    owners = {check.state_key.split(":")[1]: check.config.limit
+              for check in make_plan(key, VerifyRequest()).limits}
+    assert owners == {"key_1": 5, "id_1": 100}  # the key cannot escape the shared budget
+
+
+def test_if_a_name_is_on_key_and_identity_then_naming_it_picks_the_key_limit() -> None:
+    identity = Identity("id_1", "team-a", None, (limit("requests", 100),))
+    key = record(ratelimits=(limit("requests", 5, 1000),), identity=identity)
+    (named,) = make_plan(key, VerifyRequest(ratelimits=({"name": "requests", "cost": 3},))).limits
+    assert (named.config.limit, named.cost) == (5, 3)
+    assert named.state_key.startswith("rl:key_1:")
 
 
 def test_if_a_limit_is_named_then_it_is_planned_with_cost_1() -> None:

@@ -540,3 +540,31 @@ def test_if_a_sqlite_commit_fails_then_the_transaction_is_rolled_back_and_the_fi
     assert other.read_states(["a", "b"]) == {"a": {"n": 2}, "b": {"n": 1}}
     other.close()
     store.close()
+
+
+def test_if_the_sqlite_directory_vanishes_after_construction_then_a_new_thread_gets_unavailable(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import threading
+
+    from keystile import StoreUnavailableError
+
+    directory = tmp_path / "data"
+    directory.mkdir()
+    store = open_store(f"sqlite:///{directory / 'keys.db'}")
+    shutil.rmtree(directory)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            store.get("key", "key_x")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert isinstance(errors[0], StoreUnavailableError)
+    store.close()

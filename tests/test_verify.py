@@ -358,16 +358,16 @@ def test_if_three_keys_share_an_identity_then_its_limit_is_one_budget_for_all(
     assert ks.verify(stranger).code is Code.VALID
 
 
-def test_if_a_key_has_its_own_limit_of_the_identitys_name_then_the_keys_own_wins(
+def test_if_a_key_has_its_own_limit_of_the_identitys_name_then_both_apply(
     ks: Keystile, api_id: str,
 ) -> None:
-    ks.create_identity("acme", ratelimits=[per_minute(1)])
+    ks.create_identity("acme", ratelimits=[per_minute(3)])
     shared = ks.create_key(api_id, external_id="acme").key
-    own = ks.create_key(api_id, external_id="acme", ratelimits=[per_minute(3)]).key
-    ks.verify(shared)
+    own = ks.create_key(api_id, external_id="acme", ratelimits=[per_minute(1)]).key
 
-    assert ks.verify(shared).code is Code.RATE_LIMITED
-    assert [ks.verify(own).code for _ in range(4)] == [Code.VALID] * 3 + [Code.RATE_LIMITED]
+    assert [ks.verify(own).code for _ in range(2)] == [Code.VALID, Code.RATE_LIMITED]
+    assert [ks.verify(shared).code for _ in range(3)] == [Code.VALID] * 2 + [Code.RATE_LIMITED]
+    assert ks.verify(own).code is Code.RATE_LIMITED  # its own limit does not exempt it
 
 
 def test_if_an_identity_limit_is_not_auto_applied_then_it_counts_only_when_named(

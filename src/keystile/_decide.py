@@ -126,10 +126,10 @@ def _ip_allowed(ip: str | None, keyspace: Keyspace) -> bool:
 
 def make_plan(record: KeyRecord, request: VerifyRequest) -> Plan:
     """The credit and rate-limit checks this verify needs (raises for unknown names)."""
-    checks = _auto_applied(record)
+    checks = _auto_applied(record)  # by state key: a named one replaces its auto twin
     for entry in request.ratelimits:
         check = _requested_limit(record, entry)
-        checks[check.config.name] = check
+        checks[check.state_key] = check
     cost = 1 if request.cost is None else request.cost
     credits_key = credits_state_key(record.key_id) if record.credits_limited else None
     return Plan(credits_key, cost, tuple(checks.values()))
@@ -151,7 +151,13 @@ def _named_limits(record: KeyRecord) -> dict[str, LimitCheck]:
 
 
 def _auto_applied(record: KeyRecord) -> dict[str, LimitCheck]:
-    return {name: c for name, c in _named_limits(record).items() if c.config.auto_apply}
+    """Every auto-applied limit of the key and of its identity, as Unkey checks them:
+    a key limit does not hide its identity's limit of the same name."""
+    owned = [(config, record.key_id) for config in record.ratelimits]
+    if record.identity is not None:
+        owned += [(config, record.identity.id) for config in record.identity.ratelimits]
+    checks = (_scoped(config, owner) for config, owner in owned if config.auto_apply)
+    return {check.state_key: check for check in checks}
 
 
 def _requested_limit(record: KeyRecord, entry: str | Mapping[str, Any]) -> LimitCheck:

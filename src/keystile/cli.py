@@ -211,6 +211,8 @@ def _keys_update(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
         given["expires"] = None
     if a.enable or a.disable:
         given["enabled"] = bool(a.enable)
+    if a.refill is not None and a.credits is UNSET:
+        raise ValidationError("--refill needs --credits (the refill replaces the credits)")
     if a.credits is not UNSET:
         given["credits"] = _credits(a)
     return ks.update_key(a.key_id, **given).to_dict(), 0

@@ -86,8 +86,10 @@ class SQLiteStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
+        self._opened = False
         with self._errors():
             self._connect()  # fail at construction on a bad path, and create the schema
+        self._opened = True
 
     # -- connections ----------------------------------------------------------------
 
@@ -97,6 +99,15 @@ class SQLiteStore(Store):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
+        try:
+            return self._open()
+        except ConfigurationError as exc:
+            if not self._opened:
+                raise  # at construction: the configuration is wrong
+            # Later (a new thread's connection): the file went away under us.
+            raise StoreUnavailableError(str(exc)) from exc
+
+    def _open(self) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise ConfigurationError(f"the directory of {self.path!r} does not exist")
