@@ -100,7 +100,7 @@ class KeyAuthMiddleware:
             await self.app(scope, receive, send)
             return
         gate = self.gate
-        if gate.excluded(scope["path"]):
+        if gate.exclude_paths and scope["path"].startswith(gate.exclude_paths):
             await self._anonymous(scope, receive, send)
             return
         key = plain_bearer(scope["headers"]) if gate.scheme else None
