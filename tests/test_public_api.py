@@ -52,6 +52,7 @@ PUBLIC_NAMES = [
     "hash_key",
     "open_store",
     "parse_query",
+    "require_key",
 ]
 
 

@@ -15,6 +15,7 @@ issue and manage keys.
 from __future__ import annotations
 
 from ._async import AsyncKeystile
+from ._decorator import require_key
 from ._errors import (
     ConfigurationError,
     ConflictError,
@@ -97,4 +98,5 @@ __all__ = [
     "hash_key",
     "open_store",
     "parse_query",
+    "require_key",
 ]

@@ -126,7 +126,8 @@ def _ip_allowed(ip: str | None, keyspace: Keyspace) -> bool:
 
 def make_plan(record: KeyRecord, request: VerifyRequest) -> Plan:
     """The credit and rate-limit checks this verify needs (raises for unknown names)."""
-    checks = _auto_applied(record)  # by state key: a named one replaces its auto twin
+    # By state key: a named limit replaces its auto-applied twin.
+    checks = _auto_applied(record) if request.auto_apply else {}
     for entry in request.ratelimits:
         check = _requested_limit(record, entry)
         checks[check.state_key] = check

@@ -20,9 +20,12 @@ from ._problem import Problem
 from ._verify import Verifier
 from .stores import Store
 
-__all__ = ["Gate"]
+__all__ = ["VERIFIER_SCOPE_KEY", "Gate"]
 
 logger = logging.getLogger("keystile")
+
+#: Where the ASGI middleware leaves its verifier for the routes behind it.
+VERIFIER_SCOPE_KEY = "keystile.verifier"
 
 
 class Gate:

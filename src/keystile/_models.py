@@ -307,6 +307,9 @@ class VerifyRequest:
     api_id: str | None = None
     ip: str | None = None
     tags: tuple[str, ...] = ()
+    #: Apply the key's and identity's auto-applied limits (off for a route's extra
+    #: charge after the middleware has applied them once).
+    auto_apply: bool = True
 
     def __post_init__(self) -> None:
         if self.permissions is not None:

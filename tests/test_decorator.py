@@ -1,0 +1,162 @@
+"""@require_key on Starlette endpoints, with and without the middleware, on real SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from keystile import (
+    Code,
+    ConfigurationError,
+    KeyAuthMiddleware,
+    Keystile,
+    PermissionQueryError,
+    RatelimitConfig,
+    require_key,
+)
+from tests.conftest import Clock
+
+
+@pytest.fixture
+def ks(sqlite_url: str, clock: Clock) -> Keystile:
+    return Keystile(sqlite_url, now=clock)
+
+
+@pytest.fixture
+def api_id(ks: Keystile) -> str:
+    return ks.create_api("docs", prefix="sk_docs").id
+
+
+def app_for(ks: Keystile, *, middleware: bool) -> Starlette:
+    @require_key(permissions="docs.write", verifier=ks)
+    async def write(request: Request) -> JSONResponse:
+        return JSONResponse({"keyId": request.scope["keystile"].key_id,
+                             "user": request.user.display_name})
+
+    @require_key(cost=5, verifier=ks)
+    def expensive(request: Request) -> JSONResponse:  # a sync endpoint, run in a thread
+        return JSONResponse({"credits": request.scope["keystile"].credits})
+
+    class Limited(HTTPEndpoint):
+        @require_key(ratelimits=["burst"], verifier=ks)
+        async def get(self, request: Request) -> JSONResponse:
+            return JSONResponse({"ok": True})
+
+    async def open_route(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/write", write), Route("/expensive", expensive),
+                            Route("/limited", Limited), Route("/open", open_route)])
+    if middleware:
+        app.add_middleware(KeyAuthMiddleware, verifier=ks, exclude_paths=["/open"])
+    return app
+
+
+async def call(app: Starlette, path: str, key: str | None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.get(path, headers=headers)
+
+
+def code(response: httpx.Response) -> str:
+    assert response.headers["content-type"] == "application/problem+json"
+    value: str = response.json()["code"]
+    return value
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_if_the_key_has_the_routes_permission_then_the_route_runs(
+    ks: Keystile, api_id: str, middleware: bool
+) -> None:
+    created = ks.create_key(api_id, name="writer", permissions=["docs.write"])
+    response = await call(app_for(ks, middleware=middleware), "/write", created.key)
+    assert response.json() == {"keyId": created.key_id, "user": "writer"}
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_if_the_key_lacks_the_routes_permission_then_403(
+    ks: Keystile, api_id: str, middleware: bool
+) -> None:
+    key = ks.create_key(api_id, permissions=["docs.read"]).key
+    response = await call(app_for(ks, middleware=middleware), "/write", key)
+    assert response.status_code == 403
+    assert code(response) == "INSUFFICIENT_PERMISSIONS"
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_if_no_key_is_sent_then_401(ks: Keystile, api_id: str, middleware: bool) -> None:
+    response = await call(app_for(ks, middleware=middleware), "/write", None)
+    assert response.status_code == 401
+    assert code(response) == "MISSING_KEY"
+
+
+async def test_if_the_middleware_verified_then_the_route_costs_only_its_own_credits(
+    ks: Keystile, api_id: str
+) -> None:
+    created = ks.create_key(api_id, credits=100)
+    response = await call(app_for(ks, middleware=True), "/expensive", created.key)
+    assert response.json() == {"credits": 94}  # 1 by the middleware, 5 by the route
+    assert ks.get_key(created.key_id).credits.remaining == 94  # type: ignore[union-attr]
+
+
+async def test_if_the_route_verifies_alone_then_its_cost_is_spent_once(
+    ks: Keystile, api_id: str
+) -> None:
+    created = ks.create_key(api_id, credits=7)
+    app = app_for(ks, middleware=False)
+    first = await call(app, "/expensive", created.key)
+    second = await call(app, "/expensive", created.key)
+    assert first.json() == {"credits": 2}
+    assert second.status_code == 429
+    assert code(second) == "USAGE_EXCEEDED"
+
+
+async def test_if_the_middleware_applied_auto_limits_then_the_route_does_not_apply_them_again(
+    ks: Keystile, api_id: str
+) -> None:
+    key = ks.create_key(api_id, credits=100, ratelimits=[
+        RatelimitConfig("requests", 2, 60_000, auto_apply=True)]).key
+    app = app_for(ks, middleware=True)
+    statuses = [(await call(app, "/expensive", key)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the third is the middleware's: 2 per minute
+
+
+async def test_if_a_named_limit_is_on_the_route_then_it_is_taken_there(
+    ks: Keystile, api_id: str
+) -> None:
+    key = ks.create_key(api_id, ratelimits=[RatelimitConfig("burst", 1, 60_000)]).key
+    app = app_for(ks, middleware=True)
+    assert (await call(app, "/limited", key)).status_code == 200
+    limited = await call(app, "/limited", key)
+    assert limited.status_code == 429
+    assert code(limited) == Code.RATE_LIMITED.value
+    assert (await call(app, "/write", key)).status_code == 403  # other routes: not limited
+
+
+def test_if_a_decorator_has_a_bad_permission_query_then_it_fails_at_import() -> None:
+    with pytest.raises(PermissionQueryError, match="position"):
+        require_key(permissions="docs.read AND (")
+
+
+def test_if_a_class_is_decorated_then_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="methods"):
+        require_key()(HTTPEndpoint)
+
+
+def test_if_decorated_then_no_store_is_opened_until_a_request(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KEYSTILE_STORE", raising=False)
+
+    @require_key(permissions="x")
+    async def endpoint(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    assert not (tmp_path / "keystile.db").exists()
