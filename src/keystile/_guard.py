@@ -1,0 +1,117 @@
+"""One route's requirements of a key, decided once per request: shared by
+``@require_key`` and the FastAPI dependency.
+
+Behind :class:`KeyAuthMiddleware` the key was verified once already: the route
+checks its permission query against that result without a store read, and only a
+``cost`` or ``ratelimits`` of its own costs one more store transaction, which does
+not apply the key's auto-applied limits a second time. Without the middleware the
+route verifies the key by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+from starlette.authentication import AuthCredentials
+from starlette.responses import Response
+
+from . import _problem
+from ._errors import KeystileError
+from ._gate import VERIFIER_SCOPE_KEY, Gate
+from ._manage import Keystile
+from ._middleware import KeyUser
+from ._models import Code, VerifyRequest, VerifyResult
+from ._permissions import parse_query
+from ._problem import Problem
+from ._verify import Step, Verifier
+from .stores import Store
+
+__all__ = ["RouteGuard", "problem_response"]
+
+
+class RouteGuard:
+    """One route's requirements, and the decision for one request."""
+
+    def __init__(self, *, permissions: str | None, cost: int | None,
+                 ratelimits: Sequence[str | Mapping[str, Any]], api_id: str | None,
+                 store: Store | str | None, verifier: Verifier | Keystile | None,
+                 header: str) -> None:
+        self.request = VerifyRequest(permissions=permissions, cost=cost,
+                                     ratelimits=tuple(ratelimits), api_id=api_id)
+        # After the middleware: only what the route adds, without auto-applied limits.
+        self.extra = None if cost is None and not ratelimits else VerifyRequest(
+            cost=cost or 0, ratelimits=tuple(ratelimits), auto_apply=False)
+        self.query = parse_query(permissions) if permissions else None
+        self._gate_options: dict[str, Any] = {"store": store, "verifier": verifier, "header": header}
+        self._gate: Gate | None = None
+
+    def gate(self, scope: Mapping[str, Any]) -> Gate:
+        """Built on first use, so that importing a decorated module opens no store."""
+        if self._gate is None:
+            options = dict(self._gate_options)
+            if options["store"] is None and options["verifier"] is None:
+                options["verifier"] = scope.get(VERIFIER_SCOPE_KEY)
+            self._gate = Gate(**{k: v for k, v in options.items() if v is not None})
+        return self._gate
+
+    def begin(self, scope: MutableMapping[str, Any]) -> Step | Problem:
+        """The result, a problem, or the verification step still to run."""
+        prior = scope.get("keystile")
+        gate = self.gate(scope)
+        if isinstance(prior, VerifyResult):
+            problem = self._beyond(prior, gate)
+            if problem is not None or self.extra is None:
+                return problem or prior
+        key = gate.read(scope.get("headers", ()))
+        if not isinstance(key, str):
+            return key or _problem.missing_key()
+        client = scope.get("client")
+        request = self.extra if isinstance(prior, VerifyResult) else self.request
+        try:
+            return gate.verifier.start(key, request, client[0] if client else None)  # type: ignore[arg-type]
+        except KeystileError as exc:
+            return gate.failure(exc)
+
+    def _beyond(self, prior: VerifyResult, gate: Gate) -> Problem | None:
+        """What this route asks beyond what the middleware checked, decided locally."""
+        now = gate.verifier.now()
+        if self.request.api_id is not None and prior.api_id != self.request.api_id:
+            return _problem.problem_for_result(VerifyResult(valid=False, code=Code.NOT_FOUND), now)
+        if self.query is not None and not self.query.allows(frozenset(prior.permissions)):
+            denied = VerifyResult(valid=False, code=Code.INSUFFICIENT_PERMISSIONS)
+            return _problem.problem_for_result(denied, now)
+        return None
+
+    def finish(self, scope: MutableMapping[str, Any], result: VerifyResult) -> VerifyResult | Problem:
+        if not result.valid:
+            return self.gate(scope).rejection(result)
+        scope.update(keystile=result, auth=AuthCredentials(list(result.permissions)),
+                     user=KeyUser(result))
+        return result
+
+    def check(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:
+        step = self.begin(scope)
+        try:
+            while not isinstance(step, (VerifyResult, Problem)):
+                step = step.resume(step.run_sync())
+        except KeystileError as exc:
+            return self.gate(scope).failure(exc)
+        return step if isinstance(step, Problem) else self.finish(scope, step)
+
+    async def check_async(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:
+        step = self.begin(scope)
+        try:
+            while not isinstance(step, (VerifyResult, Problem)):
+                step = step.resume(await step.run_async())
+        except KeystileError as exc:
+            return self.gate(scope).failure(exc)
+        return step if isinstance(step, Problem) else self.finish(scope, step)
+
+
+def problem_response(problem: Problem) -> Response:
+    """A Starlette response carrying ``problem`` as ``application/problem+json``."""
+    headers = {name.decode("latin-1"): value.decode("latin-1")
+               for name, value in problem.raw_headers() if name != b"content-length"}
+    return Response(problem.body(), status_code=problem.status, headers=headers,
+                    media_type="application/problem+json")
