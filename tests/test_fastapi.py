@@ -129,3 +129,23 @@ def test_if_the_openapi_document_is_generated_then_it_shows_the_lock_and_the_pro
 def test_if_the_dependency_has_a_bad_query_then_it_fails_when_the_app_is_defined() -> None:
     with pytest.raises(PermissionQueryError):
         KeyAuth(permissions="items.read OR")
+
+
+async def test_if_the_key_is_in_a_header_of_its_own_then_openapi_says_so_and_it_is_read(
+    ks: Keystile, api_id: str
+) -> None:
+    app = FastAPI()
+    install(app)
+
+    @app.get("/x")
+    async def x(key: VerifyResult = Depends(KeyAuth(header="X-API-Key", verifier=ks))) -> str:
+        return key.key_id or ""
+
+    created = ks.create_key(api_id)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.get("/x", headers={"x-api-key": created.key})).json() == created.key_id
+        assert (await c.get("/x", headers={"authorization": f"Bearer {created.key}"})).status_code == 401
+    scheme = app.openapi()["components"]["securitySchemes"]["APIKeyHeader"]
+    assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                      "description": "An API key in `X-API-Key`"}
+    assert "401" in app.openapi()["paths"]["/x"]["get"]["responses"]

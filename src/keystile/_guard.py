@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from . import _problem
 from ._errors import KeystileError
+from ._extract import plain_bearer
 from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._manage import Keystile
 from ._middleware import KeyUser
@@ -63,9 +64,13 @@ class RouteGuard:
             problem = self._beyond(prior, gate)
             if problem is not None or self.extra is None:
                 return problem or prior
-        key = gate.read(scope.get("headers", ()))
-        if not isinstance(key, str):
-            return key or _problem.missing_key()
+        headers = scope.get("headers", ())
+        key = plain_bearer(headers) if gate.scheme else None
+        if key is None:
+            read = gate.read(headers)
+            if not isinstance(read, str):
+                return read or _problem.missing_key()
+            key = read
         client = scope.get("client")
         request = self.extra if isinstance(prior, VerifyResult) else self.request
         try:

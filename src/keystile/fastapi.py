@@ -18,8 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 try:
-    from fastapi import FastAPI, Request, Security
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from fastapi import FastAPI, Request
+    from fastapi.openapi.models import APIKey as APIKeyModel
+    from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+    from fastapi.security.base import SecurityBase
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError("keystile.fastapi needs FastAPI: pip install fastapi") from exc
 from starlette.exceptions import HTTPException
@@ -32,9 +34,18 @@ from ._problem import Problem
 from ._verify import Verifier
 from .stores import Store
 
-__all__ = ["PROBLEM_RESPONSES", "KeyAuth", "KeyAuthError", "install"]
+__all__ = [
+    "HEADER_SCHEME_NAME",
+    "PROBLEM_RESPONSES",
+    "SCHEME_NAME",
+    "KeyAuth",
+    "KeyAuthError",
+    "install",
+]
 
-_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+#: The names of the security schemes in the OpenAPI document (Bearer, or a header).
+SCHEME_NAME = "HTTPBearer"
+HEADER_SCHEME_NAME = "APIKeyHeader"
 
 _PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -79,11 +90,12 @@ class KeyAuthError(HTTPException):
         self.problem = problem
 
 
-class KeyAuth:
+class KeyAuth(SecurityBase):
     """``Depends(KeyAuth(...))`` or ``Security(KeyAuth(...))``: the verified key.
 
     The arguments are those of :func:`require_key`; a malformed permission query
-    fails when the app is defined.
+    fails when the app is defined. Being a FastAPI security scheme itself (HTTP
+    Bearer), it shows the lock in ``/docs`` without a second dependency to resolve.
     """
 
     def __init__(
@@ -99,11 +111,15 @@ class KeyAuth:
     ) -> None:
         self.guard = RouteGuard(permissions=permissions, cost=cost, ratelimits=ratelimits,
                                 api_id=api_id, store=store, verifier=verifier, header=header)
+        if header.lower() == "authorization":
+            self.model = HTTPBearerModel(description="An API key: `Authorization: Bearer <key>`")
+            self.scheme_name = SCHEME_NAME
+        else:  # the bare key in a header of its own
+            self.model = APIKeyModel.model_validate(
+                {"in": "header", "name": header, "description": f"An API key in `{header}`"})
+            self.scheme_name = HEADER_SCHEME_NAME
 
-    async def __call__(
-        self, request: Request,
-        _bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
-    ) -> VerifyResult:
+    async def __call__(self, request: Request) -> VerifyResult:
         outcome = await self.guard.check_async(request.scope)
         if isinstance(outcome, Problem):
             raise KeyAuthError(outcome)
@@ -128,7 +144,8 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             for operation in _operations(schema):
-                if any("HTTPBearer" in requirement for requirement in operation.get("security", ())):
+                if any(SCHEME_NAME in requirement or HEADER_SCHEME_NAME in requirement
+                       for requirement in operation.get("security", ())):
                     for status, doc in PROBLEM_RESPONSES.items():
                         operation.setdefault("responses", {}).setdefault(str(status), doc)
             app.openapi_schema = schema
