@@ -109,6 +109,49 @@ def _keystile(
     return build
 
 
+def _decorator(fixture: Fixture) -> Target:
+    """``@require_key`` on the Starlette route, no middleware: the route verifies."""
+    from keystile import require_key
+
+    from .apps import ok
+
+    chosen = fixture.memory()
+    endpoint = require_key(verifier=chosen.ks)(ok)
+    return Target(starlette_app(endpoint=endpoint), _bearer(chosen.key),
+                  _bearer(wrong_key(chosen.key)))
+
+
+def _dependency(fixture: Fixture) -> Target:
+    """``Depends(KeyAuth(...))`` on the FastAPI route, with ``install(app)``."""
+    from fastapi import Depends
+
+    from keystile.fastapi import KeyAuth, install
+
+    chosen = fixture.memory()
+    app = fastapi_app(dependencies=[Depends(KeyAuth(verifier=chosen.ks))])
+    install(app)
+    return Target(app, _bearer(chosen.key), _bearer(wrong_key(chosen.key)))
+
+
+def _flask(variant: Literal["bare", "keystile"]) -> Callable[[Fixture], Target]:
+    """A Flask view, bare or behind KeyAuthWSGIMiddleware (memory://, cache hit)."""
+
+    def build(fixture: Fixture) -> Target:
+        from flask import Flask
+
+        from keystile import KeyAuthWSGIMiddleware
+
+        app = Flask("bench")
+        app.add_url_rule("/", "ok", lambda: {"ok": True})
+        if variant == "bare":
+            return Target(app, (), None, missing_status=200, interface="wsgi")
+        chosen = fixture.memory()
+        app.wsgi_app = KeyAuthWSGIMiddleware(app.wsgi_app, verifier=chosen.ks)  # type: ignore[method-assign]
+        return Target(app, _bearer(chosen.key), _bearer(wrong_key(chosen.key)), interface="wsgi")
+
+    return build
+
+
 def _memory(fixture: Fixture) -> KeystileSetup:
     return fixture.memory()
 
@@ -139,6 +182,8 @@ CASES: tuple[Case, ...] = (
     Case("starlette-keystile-sqlite-full", "starlette", "keystile",
          _keystile("starlette", _sqlite, key="full", by_url=True),
          description="SQLite, cache hit + permission query + credits + rate limit (settled)"),
+    Case("starlette-keystile-decorator", "starlette", "keystile", _decorator,
+         description="@require_key on the route, no middleware, memory://, cache hit"),
     Case("starlette-authmw-dict", "starlette", "peer", peers.starlette_authentication,
          description="Starlette AuthenticationMiddleware + dict-backed backend"),
     Case("fastapi-bare", "fastapi", "bare", _bare_fastapi, requires=("fastapi",),
@@ -147,6 +192,8 @@ CASES: tuple[Case, ...] = (
          description="pure ASGI: compare the header with a constant"),
     Case("fastapi-keystile-memory-hit", "fastapi", "keystile", _keystile("fastapi", _memory),
          requires=("fastapi",), description="KeyAuthMiddleware on FastAPI, memory://, cache hit"),
+    Case("fastapi-keystile-dependency", "fastapi", "keystile", _dependency,
+         requires=("fastapi",), description="Depends(KeyAuth()) with install(app), memory://, hit"),
     Case("fastapi-key-auth-middleware", "fastapi", "peer", peers.fastapi_key_auth_middleware,
          requires=("fastapi_key_auth",), description="fastapi-key-auth AuthorizerMiddleware"),
     Case("fastapi-key-auth-dependency", "fastapi", "peer", peers.fastapi_key_auth_dependency,
@@ -155,6 +202,10 @@ CASES: tuple[Case, ...] = (
     Case("fastapi-keyshield-cached", "fastapi", "peer", peers.keyshield_cached,
          requires=peers.KEYSHIELD_MODULES,
          description="keyshield CachedApiKeyService (aiocache) + argon2, in-memory repo"),
+    Case("flask-bare", "flask", "bare", _flask("bare"), requires=("flask",), http=False,
+         description="Flask view, no auth (WSGI)"),
+    Case("flask-keystile-wsgi", "flask", "keystile", _flask("keystile"), requires=("flask",),
+         http=False, description="KeyAuthWSGIMiddleware, memory://, cache hit (WSGI)"),
     Case("django-drf-bare", "django", "bare", peers.drf("bare"), requires=peers.DRF_MODULES,
          http=False, description="Django REST framework APIView, no auth (WSGI)"),
     Case("django-drf-keystile", "django", "keystile", peers.drf("keystile"),
