@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from keystile._extract import MAX_HEADER_BYTES, Extracted, extract_key
+from keystile._extract import (
+    MAX_HEADER_BYTES,
+    Extracted,
+    bare_key,
+    client_ip,
+    extract_key,
+    header_map,
+    query_key,
+)
 
 KEY = "sk_live_3yQ9mZk7Hd2fXwVtPq8RbN"
 Headers = list[tuple[bytes, bytes]]
@@ -156,3 +166,114 @@ def test_if_a_custom_header_is_duplicated_then_it_is_rejected() -> None:
 
 def test_if_a_custom_header_has_non_ascii_bytes_then_it_is_rejected() -> None:
     assert_rejected(custom(b"sk_live_\xc3\xa9"))
+
+
+# -- a key in the query string ----------------------------------------------------------------
+
+
+def test_if_the_query_has_the_parameter_then_the_key_is_read_and_removed() -> None:
+    extracted, rest = query_key(b"page=2&api_key=" + KEY.encode() + b"&sort=name", "api_key")
+    assert extracted == Extracted(KEY)
+    assert rest == b"page=2&sort=name"
+
+
+def test_if_the_parameter_name_is_percent_encoded_then_it_is_still_found_and_removed() -> None:
+    extracted, rest = query_key(b"api%5Fkey=" + KEY.encode(), "api_key")
+    assert extracted.key == KEY
+    assert rest == b""
+
+
+@pytest.mark.parametrize("query", [b"", b"page=2", b"api_key_other=x", b"xapi_key=x"])
+def test_if_the_query_lacks_the_parameter_then_the_key_is_missing_and_the_query_kept(
+    query: bytes,
+) -> None:
+    extracted, rest = query_key(query, "api_key")
+    assert extracted.missing
+    assert rest == query
+
+
+@pytest.mark.parametrize("query", [b"api_key=", b"api_key", b"api_key=+"])
+def test_if_the_parameter_is_empty_then_the_key_is_missing_but_still_removed(query: bytes) -> None:
+    extracted, rest = query_key(query, "api_key")
+    assert extracted.missing
+    assert rest == b""
+
+
+def test_if_the_parameter_is_repeated_then_it_is_rejected_and_every_copy_removed() -> None:
+    extracted, rest = query_key(b"api_key=" + KEY.encode() + b"&a=1&api_key=x", "api_key")
+    assert_rejected(extracted)
+    assert "several" in (extracted.problem or "")
+    assert rest == b"a=1"
+
+
+@pytest.mark.parametrize("value", [b"a%20b", b"a+b", b"%C3%A9", b"\xff", b"a,b",
+                                   b"k" * (MAX_HEADER_BYTES + 1)])
+def test_if_the_parameter_is_not_one_ascii_key_then_it_is_rejected(value: bytes) -> None:
+    assert_rejected(query_key(b"api_key=" + value, "api_key")[0])
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (KEY, Extracted(KEY)), ("  " + KEY, Extracted(KEY)), ("", Extracted(None, "missing")),
+])
+def test_if_a_whole_value_is_one_key_then_bare_key_returns_it(value: str, expected: Extracted) -> None:
+    assert bare_key(value, "the value") == expected
+
+
+def test_if_headers_repeat_then_the_header_map_joins_them_with_commas() -> None:
+    assert header_map([(b"X-A", b"1"), (b"x-a", b"2"), (b"b", b"\xe9")]) == {"x-a": "1, 2", "b": "é"}
+
+
+# -- the client address behind trusted proxies ----------------------------------------------
+
+TRUSTED = (ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("2001:db8::/32"))
+
+
+def xff(value: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"x-forwarded-for", value)]
+
+
+def test_if_the_peer_is_not_a_trusted_proxy_then_its_own_address_is_the_client() -> None:
+    assert client_ip("192.168.0.9", xff(b"10.1.2.3"), trusted=TRUSTED) == "192.168.0.9"
+    assert client_ip(None, xff(b"10.1.2.3"), trusted=TRUSTED) is None
+    assert client_ip("/run/app.sock", xff(b"10.1.2.3"), trusted=TRUSTED) == "/run/app.sock"
+
+
+@pytest.mark.parametrize(("chain", "client"), [
+    (b"10.1.2.3", "10.1.2.3"),
+    (b"10.1.2.3, 192.168.0.9", "192.168.0.9"),        # the client forged the left part
+    (b"192.168.0.9, 10.1.2.3, 172.16.0.8", "10.1.2.3"),  # two trusted proxies
+    (b"172.16.0.7, 172.16.0.8", "172.16.0.7"),          # every hop trusted: the left-most
+    (b"10.1.2.3:5555", "10.1.2.3"),
+    (b"[2001:db9::1]:443", "2001:db9::1"),
+    (b"::ffff:10.1.2.3", "10.1.2.3"),
+    (b"garbage, 10.1.2.3", "10.1.2.3"),                 # garbage left of the client is not read
+    (b"10.1.2.3, unknown", None),                       # a trusted proxy did not know the client
+    (b"", "172.16.0.1"),
+])
+def test_if_a_trusted_proxy_forwards_then_the_rightmost_untrusted_address_is_the_client(
+    chain: bytes, client: str | None
+) -> None:
+    assert client_ip("172.16.0.1", xff(chain), trusted=TRUSTED) == client
+
+
+def test_if_there_is_no_forwarding_header_then_the_trusted_proxy_itself_is_the_client() -> None:
+    assert client_ip("172.16.0.1", [], trusted=TRUSTED) == "172.16.0.1"
+
+
+def test_if_the_header_is_repeated_then_its_fields_form_one_chain_in_order() -> None:
+    headers = [(b"x-forwarded-for", b"10.1.2.3"), (b"x-forwarded-for", b"192.168.0.9")]
+    assert client_ip("172.16.0.1", headers, trusted=TRUSTED) == "192.168.0.9"
+
+
+@pytest.mark.parametrize(("value", "client"), [
+    (b'for=10.1.2.3;proto=https', "10.1.2.3"),
+    (b'For="[2001:db9::1]:4711"', "2001:db9::1"),
+    (b'for=10.1.2.3, for=192.168.0.9;by=172.16.0.1', "192.168.0.9"),
+    (b'for=192.168.0.9, proto=http', None),              # a proxy's element without for=
+    (b'for="_hidden"', None),
+])
+def test_if_the_forwarded_header_is_configured_then_its_for_parameters_are_the_chain(
+    value: bytes, client: str | None
+) -> None:
+    headers = [(b"forwarded", value), (b"x-forwarded-for", b"10.9.9.9")]
+    assert client_ip("172.16.0.1", headers, trusted=TRUSTED, header=b"forwarded") == client

@@ -341,14 +341,16 @@ async def test_if_lifespan_scope_then_it_passes_through_to_the_app(sqlite_ks: Ke
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
-async def test_if_websocket_scope_then_it_passes_through_untouched(sqlite_ks: Keystile) -> None:
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await websocket.send_text(("keystile" in websocket.scope and "set") or "untouched")
-        await websocket.close()
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    result = websocket.scope.get("keystile")
+    await websocket.send_text(result.key_id if result else "anonymous")
+    await websocket.close()
 
-    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
-    app.add_middleware(KeyAuthMiddleware, verifier=sqlite_ks)
+
+async def call_websocket(
+    app: Any, headers: list[tuple[bytes, bytes]], path: str = "/ws", query: bytes = b""
+) -> list[dict[str, Any]]:
     inbox = [{"type": "websocket.connect"}]
     sent: list[dict[str, Any]] = []
 
@@ -358,12 +360,71 @@ async def test_if_websocket_scope_then_it_passes_through_untouched(sqlite_ks: Ke
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "raw_path": b"/ws",
-             "query_string": b"", "headers": [], "root_path": "", "scheme": "ws",
-             "subprotocols": [], "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": path,
+             "raw_path": path.encode(), "query_string": query, "headers": headers,
+             "root_path": "", "scheme": "ws", "subprotocols": [], "client": ("127.0.0.1", 1),
+             "server": ("t", 80)}
     await app(scope, receive, send)
+    return sent
+
+
+def websocket_app(**options: Any) -> Starlette:
+    app = Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/public/ws", echo)])
+    app.add_middleware(KeyAuthMiddleware, **options)
+    return app
+
+
+async def test_if_websocket_handshake_has_no_key_then_it_is_closed_with_1008(
+    sqlite_ks: Keystile,
+) -> None:
+    sent = await call_websocket(websocket_app(verifier=sqlite_ks), [])
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": sent[0]["reason"]}]
+    assert sent[0]["reason"].startswith("MISSING_KEY")
+    assert len(sent[0]["reason"].encode()) <= 123
+
+
+@pytest.mark.parametrize("value", [b"Bearer sk_shop_" + b"5" * 22, b"Basic dXNlcjpwYXNz",
+                                   b"Bearer sk_shop_" + b"6" * 4000])
+async def test_if_websocket_handshake_has_a_bad_key_then_1008_with_a_reason_without_the_key(
+    sqlite_ks: Keystile, api_id: str, value: bytes
+) -> None:
+    sent = await call_websocket(websocket_app(verifier=sqlite_ks), [(b"authorization", value)])
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert sent[0]["code"] == 1008
+    assert sent[0]["reason"].split(":")[0] in ("NOT_FOUND", "MALFORMED_KEY")
+    assert value.split()[-1].decode() not in sent[0]["reason"]
+    assert len(sent[0]["reason"].encode()) <= 123
+
+
+async def test_if_websocket_key_lacks_a_permission_then_1008_says_so(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id, permissions=["other"]).key
+    app = websocket_app(verifier=sqlite_ks, permissions="chat.join")
+    sent = await call_websocket(app, [(b"authorization", f"Bearer {key}".encode())])
+    assert sent[0]["code"] == 1008
+    assert sent[0]["reason"].startswith("INSUFFICIENT_PERMISSIONS")
+
+
+async def test_if_websocket_handshake_has_a_valid_key_then_it_is_accepted_with_the_result(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    created = sqlite_ks.create_key(
+        api_id, ratelimits=[RatelimitConfig("requests", 5, 10_000, True)])
+    app = websocket_app(verifier=sqlite_ks)
+    sent = await call_websocket(app, [(b"authorization", f"Bearer {created.key}".encode())])
     assert sent[0]["type"] == "websocket.accept"
-    assert sent[1]["text"] == "untouched"
+    assert (b"ratelimit", b'"requests";r=4;t=10') in sent[0]["headers"]
+    assert sent[1]["text"] == created.key_id
+
+
+async def test_if_websocket_path_excluded_then_it_is_accepted_anonymously(
+    sqlite_ks: Keystile,
+) -> None:
+    sent = await call_websocket(websocket_app(verifier=sqlite_ks, exclude_paths=["/public"]), [],
+                                path="/public/ws")
+    assert sent[0]["type"] == "websocket.accept"
+    assert sent[1]["text"] == "anonymous"
 
 
 async def test_if_fastapi_app_then_the_middleware_works_the_same(
@@ -423,4 +484,254 @@ def test_if_middleware_options_are_out_of_range_then_it_fails_at_construction(
     from keystile import ValidationError
 
     with pytest.raises(ValidationError):
+        KeyAuthMiddleware(PlainTextResponse("x"), store="memory://", **options)
+
+
+# -- the client address behind trusted proxies ---------------------------------------------
+
+
+@pytest.fixture
+def office_key(sqlite_ks: Keystile) -> str:
+    api = sqlite_ks.create_api("office", prefix="sk_off", ip_whitelist=["10.0.0.0/8"])
+    return sqlite_ks.create_key(api.id).key
+
+
+async def test_if_an_untrusted_peer_sends_a_whitelisted_x_forwarded_for_then_403(
+    sqlite_ks: Keystile, office_key: str
+) -> None:
+    spoofed = {**bearer(office_key), "x-forwarded-for": "10.1.2.3"}
+    for options in ({}, {"trusted_proxies": ["172.16.0.0/12"]}):
+        async with client(starlette_app(verifier=sqlite_ks, **options), ip="192.168.1.5") as c:
+            response = await c.get("/", headers=spoofed)
+        assert response.status_code == 403
+        assert problem(response)["code"] == "FORBIDDEN"
+
+
+async def test_if_a_trusted_proxy_forwards_a_whitelisted_client_then_it_passes(
+    sqlite_ks: Keystile, office_key: str
+) -> None:
+    app = starlette_app(verifier=sqlite_ks, trusted_proxies=["172.16.0.0/12"])
+    async with client(app, ip="172.16.0.1") as c:
+        inside = await c.get("/", headers={**bearer(office_key), "x-forwarded-for": "10.1.2.3"})
+        outside = await c.get("/", headers={**bearer(office_key), "x-forwarded-for": "192.168.1.5"})
+    assert inside.status_code == 200
+    assert outside.status_code == 403
+
+
+async def test_if_a_client_prepends_a_whitelisted_address_behind_a_trusted_proxy_then_403(
+    sqlite_ks: Keystile, office_key: str
+) -> None:
+    # The client sent "10.1.2.3"; the proxy appended the address it really came from.
+    app = starlette_app(verifier=sqlite_ks, trusted_proxies=["172.16.0.0/12"])
+    async with client(app, ip="172.16.0.1") as c:
+        response = await c.get("/", headers={**bearer(office_key),
+                                             "x-forwarded-for": "10.1.2.3, 192.168.1.5"})
+    assert response.status_code == 403
+
+
+async def test_if_two_trusted_proxies_forward_then_the_rightmost_untrusted_address_is_the_client(
+    sqlite_ks: Keystile, office_key: str
+) -> None:
+    app = starlette_app(verifier=sqlite_ks, trusted_proxies=["172.16.0.0/12", "127.0.0.1"])
+    async with client(app, ip="127.0.0.1") as c:
+        response = await c.get("/", headers={**bearer(office_key),
+                                             "x-forwarded-for": "192.168.1.5, 10.1.2.3, 172.16.0.9"})
+    assert response.status_code == 200
+
+
+async def test_if_the_proxy_uses_rfc_7239_forwarded_then_only_that_header_is_read(
+    sqlite_ks: Keystile, office_key: str
+) -> None:
+    app = starlette_app(verifier=sqlite_ks, trusted_proxies=["172.16.0.0/12"],
+                        forwarded_header="forwarded")
+    async with client(app, ip="172.16.0.1") as c:
+        inside = await c.get("/", headers={**bearer(office_key),
+                                           "forwarded": 'for="10.1.2.3:4711";proto=https'})
+        ignored = await c.get("/", headers={**bearer(office_key), "x-forwarded-for": "10.1.2.3"})
+    assert inside.status_code == 200
+    assert ignored.status_code == 403  # the proxy's own address is not whitelisted
+
+
+@pytest.mark.parametrize("forwarded", ["unknown", "not an address", "_hidden", ",,,", "10.1.2.3:x:y"])
+async def test_if_a_trusted_proxy_forwards_garbage_then_the_whitelist_refuses_without_500(
+    sqlite_ks: Keystile, office_key: str, api_id: str, forwarded: str
+) -> None:
+    open_key = sqlite_ks.create_key(api_id).key
+    app = starlette_app(verifier=sqlite_ks, trusted_proxies=["172.16.0.0/12"])
+    async with client(app, ip="172.16.0.1") as c:
+        office = await c.get("/", headers={**bearer(office_key), "x-forwarded-for": forwarded})
+        unrestricted = await c.get("/", headers={**bearer(open_key), "x-forwarded-for": forwarded})
+    assert office.status_code == 403
+    assert unrestricted.status_code == 200
+
+
+# -- keys in the query string --------------------------------------------------------------
+
+
+def recording_access_log(app: Any, seen: list[bytes]) -> Any:
+    """What a server's access log sees: the scope's query string after the response."""
+    async def logged(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+        if scope["type"] == "http":
+            seen.append(scope["query_string"])
+
+    return logged
+
+
+async def query_echo(request: Request) -> JSONResponse:
+    return JSONResponse({"query": str(request.url.query), "keyId": request.scope["keystile"].key_id})
+
+
+async def test_if_query_keys_are_enabled_then_the_key_is_read_and_hidden_from_app_and_logs(
+    sqlite_ks: Keystile, api_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    created = sqlite_ks.create_key(api_id)
+    caplog.set_level(logging.DEBUG)
+    app = Starlette(routes=[Route("/", query_echo)])
+    app.add_middleware(KeyAuthMiddleware, verifier=sqlite_ks, query_param="api_key")
+    seen: list[bytes] = []
+    async with client(recording_access_log(app, seen)) as c:
+        response = await c.get(f"/?page=2&api_key={created.key}&sort=name")
+        await c.get(f"/?api_key={created.key[:-1]}")  # rejected: must not be logged either
+    assert response.status_code == 200
+    assert response.json() == {"query": "page=2&sort=name", "keyId": created.key_id}
+    assert seen == [b"page=2&sort=name", b""]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("keystile")]
+    assert ours  # the rejection was logged (the test client's own log of its URL is not ours)
+    assert not [message for message in ours if created.key[:-1] in message]
+
+
+async def test_if_query_keys_are_not_enabled_then_a_key_in_the_query_is_ignored(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id).key
+    async with client(starlette_app(verifier=sqlite_ks)) as c:
+        response = await c.get(f"/?api_key={key}")
+    assert response.status_code == 401
+    assert problem(response)["code"] == "MISSING_KEY"
+
+
+async def test_if_the_key_is_in_both_header_and_query_then_401_ambiguous(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id).key
+    async with client(starlette_app(verifier=sqlite_ks, query_param="api_key")) as c:
+        response = await c.get(f"/?api_key={key}", headers=bearer(key))
+    assert response.status_code == 401
+    body = problem(response)
+    assert body["code"] == "MALFORMED_KEY"
+    assert "both" in body["detail"]
+    assert key not in response.text
+
+
+@pytest.mark.parametrize("query", ["api_key=a&api_key=b", "api_key=a%20b", "api_key=%C3%A9",
+                                   "api_key=" + "A" * 5000, "api_key=a,b"])
+async def test_if_the_query_key_is_malformed_then_401_problem_never_500(
+    sqlite_ks: Keystile, api_id: str, query: str
+) -> None:
+    async with client(starlette_app(verifier=sqlite_ks, query_param="api_key")) as c:
+        response = await c.get(f"/?{query}")
+    assert response.status_code == 401
+    assert problem(response)["code"] == "MALFORMED_KEY"
+    assert "A" * 100 not in response.text
+
+
+async def test_if_query_keys_are_enabled_then_a_websocket_may_send_its_key_there(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    created = sqlite_ks.create_key(api_id)
+    app = websocket_app(verifier=sqlite_ks, query_param="api_key")
+    sent = await call_websocket(app, [], query=f"api_key={created.key}".encode())
+    assert sent[0]["type"] == "websocket.accept"
+    assert sent[1]["text"] == created.key_id
+
+
+# -- a callable extractor ------------------------------------------------------------------
+
+
+def token_extractor(headers: Any) -> str | None:
+    value: str | None = headers.get("x-token")
+    if value is None:
+        return None
+    scheme, _, key = value.partition(" ")
+    if scheme != "Token":
+        raise ValueError(f"bad scheme in {value}")  # the message holds the key: never shown
+    return key
+
+
+async def test_if_an_extractor_is_configured_then_it_finds_the_key(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id).key
+    async with client(starlette_app(verifier=sqlite_ks, extractor=token_extractor)) as c:
+        found = await c.get("/", headers={"x-token": f"Token {key}"})
+        missing = await c.get("/", headers=bearer(key))
+        rejected = await c.get("/", headers={"x-token": f"Bearer {key}"})
+        two = await c.get("/", headers={"x-token": f"Token {key} {key}"})
+    assert found.status_code == 200
+    assert problem(missing)["code"] == "MISSING_KEY"
+    assert problem(rejected)["code"] == "MALFORMED_KEY"
+    assert key not in rejected.text
+    assert problem(two)["code"] == "MALFORMED_KEY"
+
+
+# -- the credits header --------------------------------------------------------------------
+
+
+async def test_if_a_credits_header_is_configured_then_successes_carry_the_remaining_credits(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    metered = sqlite_ks.create_key(api_id, credits=3).key
+    unlimited = sqlite_ks.create_key(api_id).key
+    app = starlette_app(verifier=sqlite_ks, credits_header="X-Credits-Remaining")
+    async with client(app) as c:
+        first = await c.get("/", headers=bearer(metered))
+        second = await c.get("/", headers=bearer(metered))
+        free = await c.get("/", headers=bearer(unlimited))
+    assert (first.headers["x-credits-remaining"], second.headers["x-credits-remaining"]) == ("2", "1")
+    assert "x-credits-remaining" not in free.headers
+
+
+async def test_if_no_credits_header_is_configured_then_none_is_sent(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id, credits=3).key
+    async with client(starlette_app(verifier=sqlite_ks)) as c:
+        response = await c.get("/", headers=bearer(key))
+    assert response.status_code == 200
+    assert not [name for name in response.headers if "credit" in name]
+
+
+async def test_if_ratelimit_headers_are_off_and_credits_on_then_only_credits_are_sent(
+    sqlite_ks: Keystile, api_id: str
+) -> None:
+    key = sqlite_ks.create_key(api_id, credits=3,
+                               ratelimits=[RatelimitConfig("requests", 2, 10_000, True)]).key
+    app = starlette_app(verifier=sqlite_ks, ratelimit_headers=False, credits_header="x-credits")
+    async with client(app) as c:
+        response = await c.get("/", headers=bearer(key))
+    assert response.headers["x-credits"] == "2"
+    assert "ratelimit" not in response.headers
+
+
+# -- the new options fail at construction --------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"trusted_proxies": ["10.0.0.0/33"]}, "not an address or CIDR"),
+    ({"trusted_proxies": ["proxy.internal"]}, "not an address or CIDR"),
+    ({"trusted_proxies": "10.0.0.0/8"}, "a list of CIDRs"),
+    ({"forwarded_header": "x-real-ip", "trusted_proxies": ["10.0.0.0/8"]}, "forwarded_header must"),
+    ({"forwarded_header": "forwarded"}, "list them too"),
+    ({"query_param": ""}, "query_param must"),
+    ({"query_param": "api key"}, "query_param must"),
+    ({"extractor": "x-api-key"}, "extractor must be a callable"),
+    ({"extractor": token_extractor, "header": "x-api-key"}, "not both"),
+    ({"credits_header": "X Credits"}, "credits_header must"),
+    ({"credits_header": ""}, "credits_header must"),
+])
+def test_if_a_new_option_is_bad_then_configuration_error_at_construction(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
         KeyAuthMiddleware(PlainTextResponse("x"), store="memory://", **options)

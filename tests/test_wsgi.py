@@ -188,3 +188,94 @@ def test_if_the_django_example_runs_on_sqlite_then_request_meta_has_the_result(
     seen = json.loads(run.stdout)
     assert (seen["health"], seen["ok"], seen["missing"]) == (200, 200, 401)
     assert seen["body"] == {"keyId": seen["keyId"], "permissions": ["read"], "creditsLeft": None}
+
+
+# -- the options of issue 5, the same as the ASGI middleware's ------------------------------
+
+
+@pytest.fixture
+def office_key(ks: Keystile) -> str:
+    return ks.create_key(ks.create_api("office", prefix="sk_off", ip_whitelist=["10.0.0.0/8"]).id).key
+
+
+def test_if_an_untrusted_peer_sends_a_whitelisted_x_forwarded_for_then_403(
+    ks: Keystile, office_key: str
+) -> None:
+    for options in ({}, {"trusted_proxies": ["172.16.0.0/12"]}):
+        response = get(flask_app(verifier=ks, **options), office_key,
+                       headers={"X-Forwarded-For": "10.1.2.3"},
+                       environ_base={"REMOTE_ADDR": "192.168.0.9"})
+        assert response.status_code == 403
+        assert problem(response)["code"] == "FORBIDDEN"
+
+
+def test_if_a_trusted_proxy_forwards_a_whitelisted_client_then_it_passes(
+    ks: Keystile, office_key: str
+) -> None:
+    app = flask_app(verifier=ks, trusted_proxies=["172.16.0.0/12"])
+    proxy = {"REMOTE_ADDR": "172.16.0.1"}
+    inside = get(app, office_key, headers={"X-Forwarded-For": "10.1.2.3"}, environ_base=proxy)
+    spoofed = get(app, office_key, headers={"X-Forwarded-For": "10.1.2.3, 192.168.0.9"},
+                  environ_base=proxy)
+    assert inside.status_code == 200
+    assert spoofed.status_code == 403
+
+
+def test_if_the_proxy_uses_rfc_7239_forwarded_then_it_is_read(ks: Keystile, office_key: str) -> None:
+    app = flask_app(verifier=ks, trusted_proxies=["172.16.0.0/12"], forwarded_header="Forwarded")
+    response = get(app, office_key, headers={"Forwarded": "for=192.168.0.9, for=10.1.2.3"},
+                   environ_base={"REMOTE_ADDR": "172.16.0.1"})
+    assert response.status_code == 200
+
+
+def test_if_query_keys_are_enabled_then_the_key_is_read_and_removed_from_the_environ(
+    ks: Keystile, api_id: str
+) -> None:
+    created = ks.create_key(api_id)
+    app = Flask("query-test")
+    seen: dict[str, Any] = {}
+
+    @app.get("/")
+    def echo() -> dict[str, Any]:
+        seen.update({name: request.environ.get(name)
+                     for name in ("QUERY_STRING", "REQUEST_URI", "RAW_URI")})
+        return {"keyId": request.environ["keystile"].key_id, "args": dict(request.args)}
+
+    app.wsgi_app = KeyAuthWSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, verifier=ks, query_param="api_key")
+    response = app.test_client().get(f"/?page=2&api_key={created.key}")
+    assert response.get_json() == {"keyId": created.key_id, "args": {"page": "2"}}
+    assert seen == {"QUERY_STRING": "page=2", "REQUEST_URI": "/?page=2", "RAW_URI": "/?page=2"}
+
+
+def test_if_the_key_is_in_both_header_and_query_then_401_ambiguous(ks: Keystile, api_id: str) -> None:
+    key = ks.create_key(api_id).key
+    app = flask_app(verifier=ks, query_param="api_key")
+    assert get(app, query_string={"api_key": key}).status_code == 200
+    response = get(app, key, query_string={"api_key": key})
+    assert response.status_code == 401
+    assert "both" in problem(response)["detail"]
+    assert get(flask_app(verifier=ks), query_string={"api_key": key}).status_code == 401
+
+
+def test_if_an_extractor_is_configured_then_it_sees_every_header(ks: Keystile, api_id: str) -> None:
+    key = ks.create_key(api_id).key
+
+    def from_cookie_like_header(headers: Any) -> str | None:
+        assert headers["content-type"] == "text/plain"
+        value: str | None = headers.get("x-client-key")
+        return value
+
+    app = flask_app(verifier=ks, extractor=from_cookie_like_header)
+    response = get(app, headers={"X-Client-Key": key, "Content-Type": "text/plain"})
+    assert response.status_code == 200
+    assert problem(get(app, headers={"Content-Type": "text/plain"}))["code"] == "MISSING_KEY"
+
+
+def test_if_a_credits_header_is_configured_then_successes_carry_the_remaining_credits(
+    ks: Keystile, api_id: str
+) -> None:
+    key = ks.create_key(api_id, credits=2).key
+    assert get(flask_app(verifier=ks, credits_header="X-Credits-Remaining"), key).headers[
+        "X-Credits-Remaining"] == "1"
+    assert "X-Credits-Remaining" not in get(flask_app(verifier=ks), key).headers

@@ -7,7 +7,9 @@
 Each HTTP request's key is verified; the :class:`VerifyResult` lands in
 ``scope["keystile"]`` and Starlette's ``scope["auth"]`` / ``scope["user"]``, so
 ``request.auth.scopes`` are the key's permissions. Rejections answer with
-``application/problem+json``.
+``application/problem+json``. WebSocket connections are verified at the handshake
+and refused with close code 1008 (policy violation); other scopes (``lifespan``)
+pass untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ._errors import KeystileError
 from ._extract import plain_bearer
 from ._gate import Gate
 from ._models import VerifyResult
-from ._problem import Problem
+from ._problem import Problem, close_reason
 
 __all__ = ["KeyAuthMiddleware", "KeyUser"]
 
@@ -66,8 +68,16 @@ async def send_problem(scope: Scope, receive: Receive, send: Send, problem: Prob
     await send({"type": "http.response.body", "body": problem.body()})
 
 
+async def close_websocket(receive: Receive, send: Send, problem: Problem) -> None:
+    """Refuse a WebSocket handshake: close code 1008 with a short reason (never the key)."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008, "reason": close_reason(problem)})
+
+
 class KeyAuthMiddleware:
-    """Verify the API key of every HTTP request before the app sees it.
+    """Verify the API key of every HTTP request and WebSocket handshake before the app
+    sees it.
 
     Options (keyword-only):
 
@@ -82,9 +92,21 @@ class KeyAuthMiddleware:
       is ``None``); a key that is present must still be valid.
     - ``permissions``, ``cost``, ``ratelimits``, ``api_id``: what every request asks
       of its key (a permission query, credits to spend, named limits, the API).
+    - ``extractor``: a callable ``(headers) -> str | None`` that finds the key itself
+      (``headers``: lower-case names to values; raise ``ValueError`` to reject).
+    - ``query_param``: also accept the key in this query parameter (e.g.
+      ``"api_key"``; off by default). The parameter is removed from the query string
+      the app and the server's access log see; a key in both the header and the
+      query is rejected as ambiguous.
+    - ``trusted_proxies``: CIDRs of the proxies in front of the app; only when the
+      peer is one of them is the client address for the keyspace IP whitelist taken
+      from ``forwarded_header`` (``"x-forwarded-for"``, the default, or RFC 7239
+      ``"forwarded"``): the right-most address that is not a trusted proxy.
     - ``ratelimit_headers``: send ``RateLimit``/``RateLimit-Policy`` (default on).
+    - ``credits_header``: send the key's remaining credits in this response header
+      (e.g. ``"X-Credits-Remaining"``; off by default; not sent for unlimited keys).
     - ``on_error``: an ASGI coroutine ``(scope, receive, send, problem)`` to answer
-      rejections differently.
+      rejected HTTP requests differently (WebSockets are closed with code 1008).
     - cache options (``cache_ttl``, ``negative_ttl``, ``cache_size``) pass to the verifier.
     """
 
@@ -97,22 +119,20 @@ class KeyAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._guarded(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         gate = self.gate
         if gate.exclude_paths and scope["path"].startswith(gate.exclude_paths):
             await self._anonymous(scope, receive, send)
             return
-        key = plain_bearer(scope["headers"]) if gate.scheme else None
-        if key is None:  # not the one plain "Bearer <key>": let the thorough reader say why
-            read = gate.read(scope["headers"])
-            if read is None:
-                await self._anonymous(scope, receive, send)
-                return
-            if isinstance(read, Problem):
-                await self.on_error(scope, receive, send, read)
-                return
-            key = read
+        key = plain_bearer(scope["headers"]) if gate.fast else None
+        if key is None:  # not the one plain "Bearer <key>", or more options: the thorough path
+            await self._guarded(scope, receive, send)
+            return
+        # The hot path, inlined on purpose (every call here costs): _guarded does the same.
         client = scope.get("client")
         verifier = self.verifier
         try:
@@ -130,6 +150,44 @@ class KeyAuthMiddleware:
         if result.ratelimits:
             send = _adding_headers(send, gate.success_headers(result))
         await self.app(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request the hot path does not serve, with every option, and WebSockets."""
+        gate = self.gate
+        if gate.excluded(scope["path"]):
+            await self._anonymous(scope, receive, send)
+            return
+        headers, query = scope["headers"], scope.get("query_string", b"")
+        if gate.query_param:  # keep the key out of the app's and the access log's sight
+            scope["query_string"] = gate.strip_query(query)
+        key = gate.read_request(headers, query)
+        if key is None:
+            await self._anonymous(scope, receive, send)
+            return
+        if isinstance(key, Problem):
+            await self._refuse(scope, receive, send, key)
+            return
+        client = scope.get("client")
+        try:
+            result = await self.verifier.verify_request_async(
+                key, gate.request, gate.client_ip(client[0] if client else None, headers))
+        except KeystileError as exc:
+            await self._refuse(scope, receive, send, gate.failure(exc))
+            return
+        if not result.valid:
+            await self._refuse(scope, receive, send, gate.rejection(result))
+            return
+        scope["keystile"] = result
+        principal = self._principals.get(id(result))
+        scope["auth"], scope["user"] = principal[1] if principal else self._principal(result)
+        start = "websocket.accept" if scope["type"] == "websocket" else "http.response.start"
+        await self.app(scope, receive, _adding_headers(send, gate.response_headers(result), start))
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
+        if scope["type"] == "websocket":
+            await close_websocket(receive, send, problem)
+        else:
+            await self.on_error(scope, receive, send, problem)
 
     async def _anonymous(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
@@ -151,12 +209,14 @@ class KeyAuthMiddleware:
         return principal
 
 
-def _adding_headers(send: Send, raw: list[tuple[bytes, bytes]]) -> Send:
+def _adding_headers(
+    send: Send, raw: list[tuple[bytes, bytes]], start: str = "http.response.start"
+) -> Send:
     if not raw:
         return send
 
     async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        if message["type"] == start:
             message = {**message, "headers": [*message.get("headers", ()), *raw]}
         await send(message)
 

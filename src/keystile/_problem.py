@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ._models import Code, VerifyResult
 
-__all__ = ["Problem", "problem_for_result", "ratelimit_headers"]
+__all__ = ["Problem", "close_reason", "problem_for_result", "ratelimit_headers"]
 
 _STATUS = {
     Code.NOT_FOUND: 401,
@@ -58,6 +58,14 @@ class Problem:
             (b"content-length", body_length),
             *((name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers),
         ]
+
+
+def close_reason(problem: Problem) -> str:
+    """The reason of a WebSocket close frame for ``problem``: at most 123 bytes (RFC 6455)."""
+    reason = f"{problem.code}: {problem.detail}"
+    if len(reason.encode("utf-8")) <= 123:
+        return reason
+    return reason.encode("utf-8")[:120].decode("utf-8", "ignore") + "..."
 
 
 def missing_key() -> Problem:
