@@ -160,3 +160,20 @@ def test_if_decorated_then_no_store_is_opened_until_a_request(tmp_path: Any, mon
         return JSONResponse({})
 
     assert not (tmp_path / "keystile.db").exists()
+
+
+async def test_if_the_route_names_no_store_then_it_charges_through_the_middlewares_verifier(
+    ks: Keystile, api_id: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a default store here would be empty: the keys are not in it
+    monkeypatch.delenv("KEYSTILE_STORE", raising=False)
+
+    @require_key(cost=3)
+    async def charged(request: Request) -> JSONResponse:
+        return JSONResponse({"credits": request.scope["keystile"].credits})
+
+    app = Starlette(routes=[Route("/charged", charged)])
+    app.add_middleware(KeyAuthMiddleware, verifier=ks)
+    created = ks.create_key(api_id, credits=10)
+    assert (await call(app, "/charged", created.key)).json() == {"credits": 6}
+    assert not (tmp_path / "keystile.db").exists()

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
-from starlette.authentication import AuthCredentials
 from starlette.responses import Response
 
 from . import _problem
@@ -21,7 +20,7 @@ from ._errors import KeystileError
 from ._extract import plain_bearer
 from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._manage import Keystile
-from ._middleware import KeyUser
+from ._middleware import Principals
 from ._models import Code, VerifyRequest, VerifyResult
 from ._permissions import parse_query
 from ._problem import Problem
@@ -46,6 +45,7 @@ class RouteGuard:
         self.query = parse_query(permissions) if permissions else None
         self._gate_options: dict[str, Any] = {"store": store, "verifier": verifier, "header": header}
         self._gate: Gate | None = None
+        self.principals = Principals()
 
     def gate(self, scope: Mapping[str, Any]) -> Gate:
         """Built on first use, so that importing a decorated module opens no store."""
@@ -91,8 +91,8 @@ class RouteGuard:
     def finish(self, scope: MutableMapping[str, Any], result: VerifyResult) -> VerifyResult | Problem:
         if not result.valid:
             return self.gate(scope).rejection(result)
-        scope.update(keystile=result, auth=AuthCredentials(list(result.permissions)),
-                     user=KeyUser(result))
+        scope["keystile"] = result
+        scope["auth"], scope["user"] = self.principals.of(result)
         return result
 
     def check(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import KeystileError
 from ._extract import plain_bearer
-from ._gate import Gate
+from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._models import VerifyResult
 from ._problem import Problem, close_reason
 
@@ -59,6 +59,30 @@ class KeyUser(BaseUser):
 
     def __repr__(self) -> str:
         return f"KeyUser(key_id={self.key_id!r})"
+
+
+class Principals:
+    """``request.auth`` and ``request.user`` of results, built once for results that recur.
+
+    A cache hit returns the same result object again and again, so its principal is
+    built once; hot paths look ``memo`` up by the result's id first.
+    """
+
+    def __init__(self) -> None:
+        self.memo: dict[int, tuple[VerifyResult, tuple[AuthCredentials, KeyUser]]] = {}
+
+    def of(self, result: VerifyResult) -> tuple[AuthCredentials, KeyUser]:
+        known = self.memo.get(id(result))
+        if known is not None:
+            return known[1]
+        principal = AuthCredentials(list(result.permissions)), KeyUser(result)
+        if result.ratelimits or result.credits is not None:
+            return principal  # a fresh result per request: nothing to reuse
+        if len(self.memo) >= 10_000:
+            self.memo.clear()
+        # The entry holds the result, so its id cannot be reused while it is here.
+        self.memo[id(result)] = (result, principal)
+        return principal
 
 
 async def send_problem(scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
@@ -115,7 +139,7 @@ class KeyAuthMiddleware:
         self.gate = Gate(**options)
         self.verifier = self.gate.verifier
         self.on_error = on_error or send_problem
-        self._principals: dict[int, tuple[VerifyResult, tuple[AuthCredentials, KeyUser]]] = {}
+        self._principals = Principals()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,8 +169,9 @@ class KeyAuthMiddleware:
             await self.on_error(scope, receive, send, gate.rejection(result))
             return
         scope["keystile"] = result
-        principal = self._principals.get(id(result))
-        scope["auth"], scope["user"] = principal[1] if principal else self._principal(result)
+        scope[VERIFIER_SCOPE_KEY] = verifier
+        memo = self._principals.memo.get(id(result))
+        scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
         if result.ratelimits:
             send = _adding_headers(send, gate.success_headers(result))
         await self.app(scope, receive, send)
@@ -178,8 +203,8 @@ class KeyAuthMiddleware:
             await self._refuse(scope, receive, send, gate.rejection(result))
             return
         scope["keystile"] = result
-        principal = self._principals.get(id(result))
-        scope["auth"], scope["user"] = principal[1] if principal else self._principal(result)
+        scope[VERIFIER_SCOPE_KEY] = self.verifier
+        scope["auth"], scope["user"] = self._principals.of(result)
         start = "websocket.accept" if scope["type"] == "websocket" else "http.response.start"
         await self.app(scope, receive, _adding_headers(send, gate.response_headers(result), start))
 
@@ -191,22 +216,8 @@ class KeyAuthMiddleware:
 
     async def _anonymous(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.update(keystile=None, auth=AuthCredentials(), user=UnauthenticatedUser())
+        scope[VERIFIER_SCOPE_KEY] = self.verifier
         await self.app(scope, receive, send)
-
-    def _principal(self, result: VerifyResult) -> tuple[AuthCredentials, KeyUser]:
-        """``request.auth`` and ``request.user`` of a result, kept for results that recur.
-
-        A cache hit returns the same result object again and again, so its principal
-        is built once (``__call__`` looks it up by the result's id first).
-        """
-        if len(self._principals) >= 10_000:
-            self._principals.clear()
-        principal = AuthCredentials(list(result.permissions)), KeyUser(result)
-        if result.ratelimits or result.credits is not None:
-            return principal  # a fresh result per request: nothing to reuse
-        # The entry holds the result, so its id cannot be reused while it is here.
-        self._principals[id(result)] = (result, principal)
-        return principal
 
 
 def _adding_headers(
