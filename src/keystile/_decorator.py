@@ -79,6 +79,8 @@ def require_key(
 
 
 def _connection(args: tuple[Any, ...], kwargs: dict[str, Any]) -> HTTPConnection:
+    if args and isinstance(args[-1], HTTPConnection):  # f(request) and method(self, request)
+        return args[-1]
     for value in (*args, *kwargs.values()):
         if isinstance(value, HTTPConnection):
             return value

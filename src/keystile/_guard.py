@@ -59,7 +59,7 @@ class RouteGuard:
     def begin(self, scope: MutableMapping[str, Any]) -> Step | Problem:
         """The result, a problem, or the verification step still to run."""
         prior = scope.get("keystile")
-        gate = self.gate(scope)
+        gate = self._gate or self.gate(scope)
         if isinstance(prior, VerifyResult):
             problem = self._beyond(prior, gate)
             if problem is not None or self.extra is None:
@@ -106,6 +106,8 @@ class RouteGuard:
 
     async def check_async(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:
         step = self.begin(scope)
+        if type(step) is VerifyResult and step.valid:  # the common case: a cache hit
+            return self.finish(scope, step)
         try:
             while not isinstance(step, (VerifyResult, Problem)):
                 step = step.resume(await step.run_async())
