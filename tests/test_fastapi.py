@@ -149,3 +149,21 @@ async def test_if_the_key_is_in_a_header_of_its_own_then_openapi_says_so_and_it_
     assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key",
                       "description": "An API key in `X-API-Key`"}
     assert "401" in app.openapi()["paths"]["/x"]["get"]["responses"]
+
+
+async def test_if_the_fastapi_example_runs_on_sqlite_then_routes_check_and_charge(
+    ks: Keystile, api_id: str
+) -> None:
+    from keystile_examples.fastapi_app import build_app
+
+    app = build_app(ks)
+    reader = ks.create_key(api_id, permissions=["docs.read"], credits=20).key
+    renderer = ks.create_key(api_id, permissions=["docs.read", "docs.render"], credits=20).key
+    assert (await call(app, "GET", "/health")).json() == {"ok": True}
+    assert (await call(app, "GET", "/docs-api/a", reader)).json()["creditsLeft"] == 19
+    refused = await call(app, "POST", "/docs-api/a/render", reader)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "INSUFFICIENT_PERMISSIONS"
+    rendered = await call(app, "POST", "/docs-api/a/render", renderer)
+    assert rendered.json() == {"rendered": "a", "creditsLeft": 9}  # 1 + 10
+    assert "401" in app.openapi()["paths"]["/docs-api/{name}"]["get"]["responses"]

@@ -735,3 +735,17 @@ def test_if_a_new_option_is_bad_then_configuration_error_at_construction(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         KeyAuthMiddleware(PlainTextResponse("x"), store="memory://", **options)
+
+
+@pytest.mark.parametrize(("path", "excluded"), [
+    ("/docs", True), ("/docs/", True), ("/docs/page", True),
+    ("/docs-api", False), ("/docsx/page", False), ("/", False),
+])
+async def test_if_a_path_is_excluded_then_only_it_and_what_is_below_it_need_no_key(
+    sqlite_ks: Keystile, path: str, excluded: bool
+) -> None:
+    app = Starlette(routes=[Route("/{rest:path}", whoami)])
+    app.add_middleware(KeyAuthMiddleware, verifier=sqlite_ks, exclude_paths=["/docs"])
+    async with client(app) as c:
+        status = (await c.get(path)).status_code
+    assert status == (200 if excluded else 401)

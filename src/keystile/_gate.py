@@ -70,7 +70,10 @@ class Gate:
         self.verifier = _verifier(store, verifier, verifier_options)
         self.header = header.lower().encode("latin-1")
         self.scheme = "bearer" if self.header == b"authorization" else None
-        self.exclude_paths = tuple(exclude_paths)
+        # Whole path segments: "/docs" excludes "/docs" and "/docs/…", not "/docs-api".
+        paths = [exclude_paths] if isinstance(exclude_paths, str) else list(exclude_paths)
+        self.excluded_exact = frozenset(p.rstrip("/") or "/" for p in paths)
+        self.exclude_paths = tuple(p if p.endswith("/") else p + "/" for p in paths)
         self.allow_anonymous = allow_anonymous
         # VerifyRequest checks the query, the cost and the limits: a bad one fails
         # here, at startup, not on a request.
@@ -88,7 +91,8 @@ class Gate:
             self.query_param or self.extractor or self.trusted_proxies or self.credits_header)
 
     def excluded(self, path: str) -> bool:
-        return bool(self.exclude_paths) and path.startswith(self.exclude_paths)
+        return bool(self.exclude_paths) and (
+            path in self.excluded_exact or path.startswith(self.exclude_paths))
 
     def read(self, headers: Iterable[tuple[bytes, bytes]]) -> str | Problem | None:
         """The key; ``None`` when it is missing and anonymous requests may pass."""

@@ -110,7 +110,8 @@ class KeyAuthMiddleware:
       :class:`Keystile` to share with the rest of the app.
     - ``header``: where the key is (``"authorization"`` with the Bearer scheme by
       default; any other header name holds the bare key, e.g. ``"x-api-key"``).
-    - ``exclude_paths``: path prefixes that need no key (e.g. ``["/health"]``); their
+    - ``exclude_paths``: paths that need no key, with everything below them
+      (``"/health"`` covers ``/health`` and ``/health/…``, not ``/healthz``); their
       requests pass as anonymous (``scope["keystile"]`` is ``None``).
     - ``allow_anonymous``: let requests *without* a key through (``scope["keystile"]``
       is ``None``); a key that is present must still be valid.
@@ -149,7 +150,7 @@ class KeyAuthMiddleware:
                 await self.app(scope, receive, send)
             return
         gate = self.gate
-        if gate.exclude_paths and scope["path"].startswith(gate.exclude_paths):
+        if gate.exclude_paths and gate.excluded(scope["path"]):
             await self._anonymous(scope, receive, send)
             return
         key = plain_bearer(scope["headers"]) if gate.fast else None
