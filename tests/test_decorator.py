@@ -177,3 +177,71 @@ async def test_if_the_route_names_no_store_then_it_charges_through_the_middlewar
     created = ks.create_key(api_id, credits=10)
     assert (await call(app, "/charged", created.key)).json() == {"credits": 6}
     assert not (tmp_path / "keystile.db").exists()
+
+
+async def test_if_a_fastapi_path_operation_is_decorated_then_it_is_guarded(
+    ks: Keystile, api_id: str
+) -> None:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/items/{item}")
+    @require_key(permissions="items.read", cost=2, verifier=ks)
+    async def item(item: str, q: int = 0) -> dict[str, Any]:
+        return {"item": item, "q": q}
+
+    @app.get("/sync")
+    @require_key(verifier=ks)
+    def sync_item() -> dict[str, bool]:
+        return {"ok": True}
+
+    reader = ks.create_key(api_id, permissions=["items.read"], credits=3).key
+    other = ks.create_key(api_id).key
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        ok = await c.get("/items/a?q=7", headers={"authorization": f"Bearer {reader}"})
+        denied = await c.get("/items/a", headers={"authorization": f"Bearer {other}"})
+        spent = await c.get("/items/a", headers={"authorization": f"Bearer {reader}"})
+        sync_ok = await c.get("/sync", headers={"authorization": f"Bearer {other}"})
+        missing = await c.get("/sync")
+    assert ok.json() == {"item": "a", "q": 7}
+    assert (denied.status_code, code(denied)) == (403, "INSUFFICIENT_PERMISSIONS")
+    assert (spent.status_code, code(spent)) == (429, "USAGE_EXCEEDED")
+    assert sync_ok.json() == {"ok": True}
+    assert missing.status_code == 401
+    params = app.openapi()["paths"]["/items/{item}"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["item", "q"]  # the injected Request is not one
+
+
+def test_if_a_flask_view_is_decorated_then_it_is_guarded_with_or_without_the_middleware(
+    ks: Keystile, api_id: str
+) -> None:
+    from flask import Flask
+    from flask import request as flask_request
+
+    from keystile import KeyAuthWSGIMiddleware
+
+    def build(middleware: bool) -> Flask:
+        app = Flask("decorated")
+
+        @app.get("/write")
+        @require_key(permissions="docs.write", cost=2, verifier=None if middleware else ks)
+        def write() -> dict[str, Any]:
+            return {"credits": flask_request.environ["keystile"].credits}
+
+        if middleware:
+            app.wsgi_app = KeyAuthWSGIMiddleware(app.wsgi_app, verifier=ks)  # type: ignore[method-assign]
+        return app
+
+    writer = ks.create_key(api_id, permissions=["docs.write"], credits=10).key
+    reader = ks.create_key(api_id, permissions=["docs.read"]).key
+    for middleware, left in ((False, 8), (True, 5)):  # behind the middleware: 1 + 2
+        client = build(middleware).test_client()
+        ok = client.get("/write", headers={"Authorization": f"Bearer {writer}"})
+        assert ok.get_json() == {"credits": left}
+        denied = client.get("/write", headers={"Authorization": f"Bearer {reader}"})
+        assert denied.status_code == 403
+        assert denied.headers["Content-Type"] == "application/problem+json"
+        assert denied.get_json()["code"] == "INSUFFICIENT_PERMISSIONS"
+        assert client.get("/write").status_code == 401

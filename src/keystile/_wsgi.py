@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import KeystileError
-from ._gate import Gate
+from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._problem import Problem
 
 __all__ = ["KeyAuthWSGIMiddleware"]
@@ -49,6 +49,7 @@ class KeyAuthWSGIMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         gate = self.gate
         environ["keystile"] = None
+        environ[VERIFIER_SCOPE_KEY] = gate.verifier  # for @require_key on the views
         if gate.excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         headers = self._headers(environ)
