@@ -245,3 +245,24 @@ def test_if_a_flask_view_is_decorated_then_it_is_guarded_with_or_without_the_mid
         assert denied.headers["Content-Type"] == "application/problem+json"
         assert denied.get_json()["code"] == "INSUFFICIENT_PERMISSIONS"
         assert client.get("/write").status_code == 401
+
+
+async def test_if_the_decorator_example_runs_on_sqlite_then_each_route_asks_its_own(
+    ks: Keystile, api_id: str
+) -> None:
+    from keystile_examples.starlette_decorator_app import build_app
+
+    app = build_app(ks)
+    reader = ks.create_key(api_id, permissions=["docs.read"], credits=30).key
+    renderer = ks.create_key(api_id, permissions=["docs.read", "docs.render"], credits=15).key
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get("/status")).json() == {"ok": True}
+        docs = await c.get("/docs", headers={"authorization": f"Bearer {reader}"})
+        refused = await c.post("/render", headers={"authorization": f"Bearer {reader}"})
+        rendered = await c.post("/render", headers={"authorization": f"Bearer {renderer}"})
+        spent = await c.post("/render", headers={"authorization": f"Bearer {renderer}"})
+    assert docs.json()["creditsLeft"] == 29
+    assert (refused.status_code, code(refused)) == (403, "INSUFFICIENT_PERMISSIONS")
+    assert rendered.json() == {"rendered": True, "creditsLeft": 5}
+    assert (spent.status_code, code(spent)) == (429, "USAGE_EXCEEDED")
