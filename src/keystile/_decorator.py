@@ -130,9 +130,7 @@ def _flask_view(guard: RouteGuard, view: Callable[..., Any], args: tuple[Any, ..
     scope = _scope_of(environ)
     outcome = guard.check(scope)
     if isinstance(outcome, Problem):
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in outcome.raw_headers()
-                   if n not in (b"content-type", b"content-length")]
-        return FlaskResponse(outcome.body(), outcome.status, headers,
+        return FlaskResponse(outcome.body(), outcome.status, list(outcome.headers),
                              content_type="application/problem+json")
     environ["keystile"] = scope["keystile"]
     return view(*args, **kwargs)

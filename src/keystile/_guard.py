@@ -118,7 +118,5 @@ class RouteGuard:
 
 def problem_response(problem: Problem) -> Response:
     """A Starlette response carrying ``problem`` as ``application/problem+json``."""
-    headers = {name.decode("latin-1"): value.decode("latin-1")
-               for name, value in problem.raw_headers() if name != b"content-length"}
-    return Response(problem.body(), status_code=problem.status, headers=headers,
+    return Response(problem.body(), status_code=problem.status, headers=dict(problem.headers),
                     media_type="application/problem+json")

@@ -83,10 +83,7 @@ class KeyAuthError(HTTPException):
     status and headers)."""
 
     def __init__(self, problem: Problem) -> None:
-        headers = {name.decode("latin-1"): value.decode("latin-1")
-                   for name, value in problem.raw_headers()
-                   if name not in (b"content-type", b"content-length")}
-        super().__init__(problem.status, problem.detail, headers)
+        super().__init__(problem.status, problem.detail, dict(problem.headers))
         self.problem = problem
 
 
