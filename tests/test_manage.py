@@ -850,3 +850,42 @@ def test_if_update_key_gets_none_for_a_list_then_validation_error(ks: Keystile, 
     created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
     with pytest.raises(ValidationError, match="list of names"):
         ks.update_key(created.key_id, **{field: None})
+
+
+def test_if_two_updates_of_one_key_race_then_neither_change_is_lost(
+    store_url: str, clock: Clock
+) -> None:
+    import threading
+
+    from keystile import MemoryStore, SQLiteStore
+
+    reached, resume = threading.Event(), threading.Event()
+    base = SQLiteStore if store_url.startswith("sqlite") else MemoryStore
+
+    class PausingStore(base):  # type: ignore[misc, valid-type]
+        """A real store whose next key read in a worker thread waits for the test."""
+
+        armed = False
+
+        def get(self, kind: str, id: str) -> Any:
+            doc = super().get(kind, id)
+            if kind == "key" and self.armed and threading.current_thread() is not threading.main_thread():
+                self.armed = False
+                reached.set()
+                resume.wait(10)
+            return doc
+
+    store = PausingStore(store_url)
+    ks = Keystile(store, now=clock)
+    key_id = ks.create_key(ks.create_api("a", prefix="sk_a").id, name="before").key_id
+    store.armed = True
+    racer = threading.Thread(target=lambda: ks.update_key(key_id, meta={"plan": "pro"}))
+    racer.start()
+    assert reached.wait(10)
+    ks.update_key(key_id, enabled=False)  # lands while the racer holds an old copy
+    resume.set()
+    racer.join(10)
+
+    info = ks.get_key(key_id)
+    assert (info.meta, info.enabled, info.name) == ({"plan": "pro"}, False, "before")
+    ks.close()

@@ -568,3 +568,37 @@ def test_if_the_sqlite_directory_vanishes_after_construction_then_a_new_thread_g
     assert len(errors) == 1
     assert isinstance(errors[0], StoreUnavailableError)
     store.close()
+
+
+def test_if_a_document_is_modified_then_fn_sees_the_stored_one_and_its_answer_is_written(
+    store: Store,
+) -> None:
+    store.insert("role", {"id": "role_1", "name": "reader", "permissions": ["a"]})
+    seen: list[Any] = []
+
+    def add_b(doc: Any) -> Any:
+        seen.append(doc)
+        return {**doc, "permissions": [*doc["permissions"], "b"]}
+
+    written = store.modify("role", "role_1", add_b)
+    assert seen == [{"id": "role_1", "name": "reader", "permissions": ["a"]}]
+    assert written["permissions"] == ["a", "b"]
+    assert store.get("role", "role_1") == written
+
+
+def test_if_modify_fn_raises_or_clashes_then_nothing_is_written(store: Store) -> None:
+    from keystile import ConflictError
+
+    store.insert("role", {"id": "role_1", "name": "reader"})
+    store.insert("role", {"id": "role_2", "name": "writer"})
+
+    def fail(doc: Any) -> Any:
+        raise LookupError("no")
+
+    with pytest.raises(LookupError):
+        store.modify("role", "role_1", fail)
+    with pytest.raises(ConflictError):
+        store.modify("role", "role_1", lambda doc: {**doc, "name": "writer"})
+    assert store.get("role", "role_1") == {"id": "role_1", "name": "reader"}
+    assert store.modify("role", "role_9", lambda doc: {"id": "role_9", "name": str(doc)}) == {
+        "id": "role_9", "name": "None"}

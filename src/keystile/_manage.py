@@ -172,17 +172,19 @@ class Keystile:
         store_encrypted_keys: bool | _Unset = UNSET,
     ) -> Api:
         api = self._api_doc(api_id)
-        keyspace = self.store.get("keyspace", api["keyspace_id"]) or {}
-        if name is not UNSET:
-            api["name"] = check_name(name, "API name", high=256)
+        settings: Doc = {}
         if ip_whitelist is not UNSET:
-            keyspace["ip_whitelist"] = check_cidrs(ip_whitelist)
+            settings["ip_whitelist"] = check_cidrs(ip_whitelist)
         if delete_protection is not UNSET:
-            keyspace["delete_protection"] = bool(delete_protection)
+            settings["delete_protection"] = bool(delete_protection)
         if store_encrypted_keys is not UNSET:
-            keyspace["store_encrypted_keys"] = bool(store_encrypted_keys)
-        self.store.replace("keyspace", keyspace)
-        self.store.replace("api", api)
+            settings["store_encrypted_keys"] = bool(store_encrypted_keys)
+        if name is not UNSET:
+            renamed = check_name(name, "API name", high=256)
+            api = self.store.modify("api", api_id, lambda d: {**(d or api), "name": renamed})
+        if settings:
+            self.store.modify("keyspace", api["keyspace_id"],
+                              lambda d: {**(d or {"id": api["keyspace_id"]}), **settings})
         publish(self.store.url, None, keyspaces=True)
         return api_from_doc(api)
 
@@ -267,20 +269,21 @@ class Keystile:
         permissions: Iterable[str] | _Unset = UNSET, roles: Iterable[str] | _Unset = UNSET,
     ) -> KeyInfo:
         """Change a key: an omitted argument leaves its field alone, ``None`` clears it."""
-        doc = self._key_doc(key_id)
+        self._key_doc(key_id)  # fail before any side effect if there is no such key
         given = {k: v for k, v in {
             "name": name, "meta": meta, "expires": expires, "ratelimits": ratelimits,
             "permissions": permissions, "roles": roles}.items() if v is not UNSET}
-        self._apply_key_fields(doc, **given)
+        changes: Doc = {}
+        self._apply_key_fields(changes, **given)
         if enabled is not UNSET:
-            doc["enabled"] = bool(enabled)
+            changes["enabled"] = bool(enabled)
         if external_id is not UNSET:
-            doc["identity_id"] = self._identity_id_for(external_id)
+            changes["identity_id"] = self._identity_id_for(external_id)
         if credits is not UNSET:
             credit = check_credits(credits)
             self._write_credits(key_id, credit or Credits(None), self.now())
-            doc["credits_limited"] = credit is not None and credit.remaining is not None
-        return self._save_key(doc)
+            changes["credits_limited"] = credit is not None and credit.remaining is not None
+        return self._save_key(key_id, changes)
 
     def delete_key(self, key_id: str, *, permanent: bool = False) -> None:
         """Revoke a key at once; ``permanent`` also erases its hash and credit state."""
@@ -290,7 +293,9 @@ class Keystile:
             self.store.transact([credits_state_key(key_id)],
                                 lambda _: ({credits_state_key(key_id): None}, None))
         else:
-            self.store.replace("key", {**doc, "deleted_at": self.now()})
+            deleted_at = self.now()
+            doc = self.store.modify("key", key_id, lambda d: {**_live_key(d, key_id),
+                                                               "deleted_at": deleted_at})
         publish(self.store.url, doc["hash"])
 
     def update_credits(
@@ -327,18 +332,17 @@ class Keystile:
         state = self.store.transact([state_key], step)
         limited = state["remaining"] is not None
         if doc.get("credits_limited") != limited:
-            self._save_key({**doc, "credits_limited": limited})
+            self._save_key(key_id, {"credits_limited": limited})
         return credits_from_state(state)  # with its refill, as Unkey answers
 
     def _key_doc(self, key_id: str) -> Doc:
-        doc = self.store.get("key", key_id)
-        if doc is None or doc.get("deleted_at") is not None:
-            raise NotFoundError(f"no key {key_id!r}")
-        return doc
+        return _live_key(self.store.get("key", key_id), key_id)
 
-    def _save_key(self, doc: Doc) -> KeyInfo:
-        doc["updated_at"] = self.now()
-        self.store.replace("key", doc)
+    def _save_key(self, key_id: str, changes: Doc) -> KeyInfo:
+        """Apply ``changes`` to the stored key in one atomic read-modify-write, so a
+        concurrent change to another field is never lost."""
+        changes = {**changes, "updated_at": self.now()}
+        doc = self.store.modify("key", key_id, lambda d: {**_live_key(d, key_id), **changes})
         publish(self.store.url, doc["hash"])
         return self._key_info(doc)
 
@@ -409,12 +413,13 @@ class Keystile:
         self, identity: str, *, meta: Mapping[str, Any] | _Unset | None = UNSET,
         ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] | _Unset = UNSET,
     ) -> Identity:
-        doc = self._identity_doc(identity)
+        found = self._identity_doc(identity)
+        changes: Doc = {}
         if meta is not UNSET:
-            doc["meta"] = check_meta(meta)
+            changes["meta"] = check_meta(meta)
         if ratelimits is not UNSET:
-            doc["ratelimits"] = [_with_id(rl).to_dict() for rl in check_ratelimits(ratelimits)]
-        self.store.replace("identity", doc)
+            changes["ratelimits"] = [_with_id(rl).to_dict() for rl in check_ratelimits(ratelimits)]
+        doc = self.store.modify("identity", found["id"], lambda d: {**(d or found), **changes})
         publish(self.store.url, None)
         return identity_from_doc(doc)
 
@@ -496,11 +501,11 @@ class Keystile:
         return [role_from_doc(doc) for doc in self.store.scan_all("role")]
 
     def update_role(self, name: str, *, permissions: Iterable[str]) -> Role:
-        doc = self.store.find("role", "name", name)
-        if doc is None:
+        found = self.store.find("role", "name", name)
+        if found is None:
             raise NotFoundError(f"no role {name!r}")
-        doc["permissions"] = self._ensure_permissions(check_slugs(permissions))
-        self.store.replace("role", doc)
+        slugs = self._ensure_permissions(check_slugs(permissions))
+        doc = self.store.modify("role", found["id"], lambda d: {**(d or found), "permissions": slugs})
         publish(self.store.url, None)
         return role_from_doc(doc)
 
@@ -526,6 +531,12 @@ class Keystile:
         if missing:
             raise NotFoundError(f"no such role: {', '.join(missing)}; create roles first")
         return names
+
+
+def _live_key(doc: Doc | None, key_id: str) -> Doc:
+    if doc is None or doc.get("deleted_at") is not None:
+        raise NotFoundError(f"no key {key_id!r}")
+    return doc
 
 
 def _with_id(config: RatelimitConfig) -> RatelimitConfig:

@@ -81,6 +81,14 @@ class Store(abc.ABC):
     def delete(self, kind: str, id: str) -> None: ...
 
     @abc.abstractmethod
+    def modify(self, kind: str, id: str, fn: Callable[[Doc | None], Doc]) -> Doc:
+        """Atomically read the document ``id`` (``None`` if absent), write ``fn``'s answer.
+
+        No other write to the store interleaves, so two concurrent changes to one
+        document cannot lose either. ``fn`` may raise to write nothing.
+        """
+
+    @abc.abstractmethod
     def transact(
         self, keys: Sequence[str],
         fn: Callable[[Mapping[str, State | None]], tuple[dict[str, State | None], R]],

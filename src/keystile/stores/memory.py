@@ -58,6 +58,12 @@ class MemoryStore(Store):
         with self._lock:
             self._write(kind, doc, previous=self._docs[kind].get(doc["id"]))
 
+    def modify(self, kind: str, id: str, fn: Callable[[Doc | None], Doc]) -> Doc:
+        with self._lock:
+            doc = fn(self.get(kind, id))
+            self._write(kind, doc, previous=self._docs[kind].get(doc["id"]))
+            return copy.deepcopy(doc)
+
     def _write(self, kind: str, doc: Doc, previous: Doc | None) -> None:
         doc = json.loads(json.dumps(doc))  # store what a real store would: plain JSON
         for field in KINDS[kind][0]:

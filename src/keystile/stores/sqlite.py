@@ -228,10 +228,21 @@ class SQLiteStore(Store):
 
     def replace(self, kind: str, doc: Doc) -> None:
         with self._transaction() as conn:
-            # An upsert, not INSERT OR REPLACE: that would delete the row a unique clash is with.
-            conn.execute("INSERT INTO docs (kind, id, doc) VALUES (?, ?, ?)"
-                         " ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
-                         (kind, doc["id"], json.dumps(doc)))
+            self._upsert(conn, kind, doc)
+
+    def modify(self, kind: str, id: str, fn: Callable[[Doc | None], Doc]) -> Doc:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT doc FROM docs WHERE kind = ? AND id = ?", (kind, id)).fetchone()
+            doc = fn(json.loads(row[0]) if row else None)
+            self._upsert(conn, kind, doc)
+            return doc
+
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, kind: str, doc: Doc) -> None:
+        # An upsert, not INSERT OR REPLACE: that would delete the row a unique clash is with.
+        conn.execute("INSERT INTO docs (kind, id, doc) VALUES (?, ?, ?)"
+                     " ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
+                     (kind, doc["id"], json.dumps(doc)))
 
     def delete(self, kind: str, id: str) -> None:
         with self._transaction() as conn:
