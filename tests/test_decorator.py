@@ -266,3 +266,20 @@ async def test_if_the_decorator_example_runs_on_sqlite_then_each_route_asks_its_
     assert (refused.status_code, code(refused)) == (403, "INSUFFICIENT_PERMISSIONS")
     assert rendered.json() == {"rendered": True, "creditsLeft": 5}
     assert (spent.status_code, code(spent)) == (429, "USAGE_EXCEEDED")
+
+
+def test_if_a_decorator_names_an_unknown_store_scheme_then_it_fails_at_import() -> None:
+    with pytest.raises(ConfigurationError, match="unknown store scheme"):
+        require_key(store="postgres://localhost/keys")
+
+
+async def test_if_the_routes_store_cannot_be_opened_then_503_problem_not_500(
+    tmp_path: Any, api_id: str, ks: Keystile
+) -> None:
+    @require_key(store=f"sqlite:///{tmp_path}/missing-dir/keys.db")
+    async def endpoint(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    response = await call(Starlette(routes=[Route("/", endpoint)]), "/", ks.create_key(api_id).key)
+    assert response.status_code == 503
+    assert code(response) == "STORE_UNAVAILABLE"

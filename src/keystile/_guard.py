@@ -10,6 +10,7 @@ route verifies the key by itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -25,9 +26,11 @@ from ._models import Code, VerifyRequest, VerifyResult
 from ._permissions import parse_query
 from ._problem import Problem
 from ._verify import Step, Verifier
-from .stores import Store
+from .stores import Store, check_store_url
 
 __all__ = ["RouteGuard", "problem_response"]
+
+logger = logging.getLogger("keystile")
 
 
 class RouteGuard:
@@ -43,6 +46,8 @@ class RouteGuard:
         self.extra = None if cost is None and not ratelimits else VerifyRequest(
             cost=cost or 0, ratelimits=tuple(ratelimits), auto_apply=False)
         self.query = parse_query(permissions) if permissions else None
+        if isinstance(store, str):
+            check_store_url(store)  # a wrong URL fails at import; the store opens on first use
         self._gate_options: dict[str, Any] = {"store": store, "verifier": verifier, "header": header}
         self._gate: Gate | None = None
         self.principals = Principals()
@@ -59,7 +64,11 @@ class RouteGuard:
     def begin(self, scope: MutableMapping[str, Any]) -> Step | Problem:
         """The result, a problem, or the verification step still to run."""
         prior = scope.get("keystile")
-        gate = self._gate or self.gate(scope)
+        try:
+            gate = self._gate or self.gate(scope)
+        except KeystileError as exc:  # the store named at import cannot be opened now
+            logger.warning("keystile: cannot open the route's store, answering 503: %s", exc)
+            return _problem.store_unavailable()
         if isinstance(prior, VerifyResult):
             problem = self._beyond(prior, gate)
             if problem is not None or self.extra is None:

@@ -19,6 +19,7 @@ __all__ = [
     "MemoryStore",
     "SQLiteStore",
     "Store",
+    "check_store_url",
     "default_store_url",
     "open_store",
 ]
@@ -39,6 +40,15 @@ def default_store_url() -> str:
 def open_store(url: str | None = None) -> Store:
     """Build the store a URL names; ``None`` means :func:`default_store_url`."""
     url = url or default_store_url()
+    return _factory(url)(url)
+
+
+def check_store_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` for a URL no store can open, without opening it."""
+    _factory(url)
+
+
+def _factory(url: str) -> Callable[[str], Store]:
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(f"a store URL looks like sqlite:///keys.db, not {url!r}")
@@ -46,4 +56,4 @@ def open_store(url: str | None = None) -> Store:
     if factory is None:
         known = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
         raise ConfigurationError(f"unknown store scheme {scheme!r} in {url!r}; known: {known}")
-    return factory(url)
+    return factory
