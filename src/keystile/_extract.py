@@ -78,7 +78,9 @@ def extract_key(
     value = raw.decode("ascii").strip(" \t")
     if not value:
         return _MISSING if scheme is None else Extracted(None, f"the {header.decode()} header is empty")
-    return _split_scheme(value, scheme.lower()) if scheme else _bare(value)
+    if scheme is None:
+        return bare_key(value, f"the {header.decode()} header")
+    return _split_scheme(value, scheme.lower())
 
 
 def _split_scheme(value: str, scheme: str) -> Extracted:
@@ -88,12 +90,6 @@ def _split_scheme(value: str, scheme: str) -> Extracted:
     if len(parts) != 2 or "," in value:
         return Extracted(None, f"expected exactly one key after '{scheme.title()}'")
     return Extracted(parts[1])
-
-
-def _bare(value: str) -> Extracted:
-    if len(value.split()) != 1 or "," in value:
-        return Extracted(None, "expected exactly one key in the header")
-    return Extracted(value)
 
 
 # -- a key given as a whole value: a query parameter, an extractor's answer ------------

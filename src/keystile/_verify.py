@@ -71,10 +71,6 @@ class Verifier:
             self._keyspaces_generation += 1
             self._keyspaces_due = 0
 
-    def keyspace_for(self, prefix: str) -> Keyspace | None:
-        """The keyspace of a prefix, as routing sees it now."""
-        return self._by_prefix.get(prefix)
-
     # -- the two drivers ------------------------------------------------------------
 
     def verify(self, key: str, **request: Any) -> VerifyResult:
