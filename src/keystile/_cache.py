@@ -8,6 +8,12 @@ with the stored deadline; expired entries are simply replaced on the next load.
 Concurrent misses for one hash share one store read (single flight), in threads
 and in asyncio tasks alike. Only static records are cached: credits and rate-limit
 counters are always settled in the store.
+
+Beside the entries, ``answers`` remembers the last static answer given for a digest:
+``digest -> (deadline, request, result)``. A caller holding the same request object
+gets the same result with one plain dict lookup and one comparison, before any
+parsing; a digest only gets an answer after its key passed the full check, so a hit
+means these very bytes were checked before. Every eviction drops the digest's answer.
 """
 
 from __future__ import annotations
@@ -22,25 +28,22 @@ from concurrent.futures import Future
 from cachetools import FIFOCache
 
 from ._errors import ConfigurationError
-from ._models import KeyRecord, Keyspace, VerifyRequest, VerifyResult
+from ._models import KeyRecord, VerifyRequest, VerifyResult
 
-__all__ = ["Entry", "RecordCache"]
+__all__ = ["Answer", "Entry", "RecordCache"]
+
+Answer = tuple[int, VerifyRequest, VerifyResult]
+"""``(deadline, request, result)``: the result ``request`` got, good until ``deadline``."""
 
 
 class Entry:
-    """A cached record (``None``: known not to exist) and what is derived from it once.
+    """A cached record (``None``: known not to exist) and its deadline (clock ms)."""
 
-    ``memo`` holds the last static answer, ``(request, keyspace, result)``: while
-    the entry lives, the same request object against the same keyspace object gets
-    the same result object, with no decision made again.
-    """
-
-    __slots__ = ("deadline", "memo", "record")
+    __slots__ = ("deadline", "record")
 
     def __init__(self, record: KeyRecord | None, deadline: int) -> None:
         self.record = record
         self.deadline = deadline
-        self.memo: tuple[VerifyRequest, Keyspace, VerifyResult] | None = None
 
 
 class RecordCache:
@@ -64,6 +67,9 @@ class RecordCache:
         self._cache: FIFOCache[bytes, Entry] = FIFOCache(maxsize=maxsize)
         self._inflight: dict[bytes, Future[Entry]] = {}
         self._ainflight: dict[bytes, asyncio.Task[Entry]] = {}
+        self._maxsize = maxsize
+        # Read without the lock on the hot path; written and cleared under it.
+        self.answers: dict[bytes, Answer] = {}
         # Bumped by every eviction: a load that began before one must not cache what it read.
         self._generation = 0
         self.hits = 0
@@ -110,12 +116,33 @@ class RecordCache:
                     self._cache[digest] = entry
         return entry
 
+    def remember(self, digest: bytes, entry: Entry, request: VerifyRequest, result: VerifyResult,
+                 until: Callable[[], int]) -> None:
+        """Remember ``result`` as the answer to ``request`` for ``digest`` while ``entry``
+        is the cached one, and no later than ``until()`` (read under the lock, so a
+        concurrent change that clears the answers cannot be overtaken)."""
+        with self._lock:
+            if self._cache.get(digest) is not entry:
+                return  # evicted meanwhile, or never cached: the answer may be stale
+            deadline = min(entry.deadline, until())
+            if deadline <= 0:
+                return
+            if len(self.answers) >= self._maxsize:
+                self.answers.clear()
+            self.answers[digest] = (deadline, request, result)
+
+    def forget_answers(self) -> None:
+        """Drop every remembered answer (the keyspaces changed)."""
+        with self._lock:
+            self.answers.clear()
+
     def evict(self, key_hash: str) -> None:
         """Drop the entry of a stored hash (``base64(sha256(key))``)."""
         digest = _digest(key_hash)
         with self._lock:
             self._generation += 1
             self._cache.pop(digest, None)
+            self.answers.pop(digest, None)
             # Misses from now on load afresh rather than join a load begun before the change.
             self._inflight.pop(digest, None)
             self._ainflight.pop(digest, None)
@@ -124,6 +151,7 @@ class RecordCache:
         with self._lock:
             self._generation += 1
             self._cache.clear()
+            self.answers.clear()
             self._inflight.clear()
             self._ainflight.clear()
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping, Sequence
+from hashlib import sha256 as _sha256
 from typing import Any
 
 from starlette.responses import Response
 
 from . import _problem
 from ._errors import KeystileError
-from ._extract import plain_bearer
+from ._extract import bearer_token, plain_key
 from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._manage import Keystile
 from ._middleware import Principals
@@ -74,14 +75,20 @@ class RouteGuard:
             if problem is not None or self.extra is None:
                 return problem or prior
         headers = scope.get("headers", ())
-        key = plain_bearer(headers) if gate.scheme else None
+        request = self.extra if isinstance(prior, VerifyResult) else self.request
+        token = bearer_token(headers) if gate.scheme else None
+        key = None
+        if token is not None:
+            known = gate.verifier.recall(_sha256(token).digest(), request)  # type: ignore[arg-type]
+            if known is not None:
+                return known
+            key = plain_key(token)
         if key is None:
             read = gate.read(headers)
             if not isinstance(read, str):
                 return read or _problem.missing_key()
             key = read
         client = scope.get("client")
-        request = self.extra if isinstance(prior, VerifyResult) else self.request
         try:
             return gate.verifier.start(key, request, client[0] if client else None)  # type: ignore[arg-type]
         except KeystileError as exc:

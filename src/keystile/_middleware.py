@@ -15,13 +15,14 @@ pass untouched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from hashlib import sha256 as _sha256
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import KeystileError
-from ._extract import plain_bearer
+from ._extract import bearer_token, plain_key
 from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._models import VerifyResult
 from ._problem import Problem, close_reason
@@ -139,6 +140,7 @@ class KeyAuthMiddleware:
         self.app = app
         self.gate = Gate(**options)
         self.verifier = self.gate.verifier
+        self._answers = self.verifier.cache.answers
         self.on_error = on_error or send_problem
         self._principals = Principals()
 
@@ -153,13 +155,28 @@ class KeyAuthMiddleware:
         if gate.exclude_paths and gate.excluded(scope["path"]):
             await self._anonymous(scope, receive, send)
             return
-        key = plain_bearer(scope["headers"]) if gate.fast else None
-        if key is None:  # not the one plain "Bearer <key>", or more options: the thorough path
+        token = bearer_token(scope["headers"]) if gate.fast else None
+        if token is None:  # not the one plain "Bearer <key>", or more options: the thorough path
             await self._guarded(scope, receive, send)
             return
-        # The hot path, inlined on purpose (every call here costs): _guarded does the same.
-        client = scope.get("client")
+        # The hot paths, inlined on purpose (every call here costs): _guarded does the same.
         verifier = self.verifier
+        answer = self._answers.get(_sha256(token).digest())
+        if answer is not None and answer[1] is gate.request and verifier.now() < answer[0]:
+            # This very key got this answer for this middleware's request, and it holds:
+            # a static valid result, so no headers to add.
+            result = answer[2]
+            scope["keystile"] = result
+            scope[VERIFIER_SCOPE_KEY] = verifier
+            memo = self._principals.memo.get(id(result))
+            scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
+            await self.app(scope, receive, send)
+            return
+        key = plain_key(token)
+        if key is None:
+            await self._guarded(scope, receive, send)
+            return
+        client = scope.get("client")
         try:
             step = verifier.start(key, gate.request, client[0] if client else None)
             result = step if type(step) is VerifyResult else await verifier.finish_async(step)

@@ -70,6 +70,7 @@ class Verifier:
         if keyspaces:
             self._keyspaces_generation += 1
             self._keyspaces_due = 0
+            self.cache.forget_answers()
 
     # -- the two drivers ------------------------------------------------------------
 
@@ -111,13 +112,25 @@ class Verifier:
         if keyspace is None or (request.api_id is not None and keyspace.api_id != request.api_id):
             return _NOT_FOUND
         digest = _sha256(key.encode()).digest()
+        answer = self.cache.answers.get(digest)
+        if answer is not None and answer[1] is request and now < answer[0]:
+            return answer[2]  # this route asked this of this key before: same answer
         entry = self.cache.fresh(digest, now)
         if entry is None:
             return _LoadRecord(self, digest, keyspace, request, ip, now)
-        memo = entry.memo
-        if memo is not None and memo[0] is request and memo[1] is keyspace:
-            return memo[2]  # this route asked this of this key before: same answer
-        return self._decide(entry, keyspace, request, ip, now)
+        return self._decide(digest, entry, keyspace, request, ip, now)
+
+    def recall(self, digest: bytes, request: VerifyRequest) -> VerifyResult | None:
+        """The answer ``request`` got for the key of ``digest`` (``sha256`` of the key's
+        bytes), if it still holds; else ``None`` and the caller verifies the key.
+
+        For hot paths that can hash the raw bytes they received: a hit needs no
+        parsing, since only a key that passed every check gets an answer remembered.
+        """
+        answer = self.cache.answers.get(digest)
+        if answer is not None and answer[1] is request and self.now() < answer[0]:
+            return answer[2]
+        return None
 
     async def finish_async(self, step: Step) -> VerifyResult:
         while not isinstance(step, VerifyResult):
@@ -125,7 +138,8 @@ class Verifier:
         return step
 
     def _decide(
-        self, entry: Entry, keyspace: Keyspace, request: VerifyRequest, ip: str | None, now: int
+        self, digest: bytes, entry: Entry, keyspace: Keyspace, request: VerifyRequest,
+        ip: str | None, now: int,
     ) -> Step:
         record = entry.record
         if record is None or record.keyspace_id != keyspace.id:
@@ -138,12 +152,17 @@ class Verifier:
             if not keyspace.networks:
                 # Within the entry's life nothing else can change this answer: the
                 # entry ends before the key expires, and no client IP is involved.
-                entry.memo = (request, keyspace, valid)
+                # It holds while this keyspace is the one its prefix maps to.
+                self.cache.remember(digest, entry, request, valid, lambda: self._keyspace_due(keyspace))
             return valid
         plan = make_plan(record, request)
         if plan.empty:
             return build_result(Code.VALID, record)
         return _Settle(self, entry, plan, now)
+
+    def _keyspace_due(self, keyspace: Keyspace) -> int:
+        """When the map holding ``keyspace`` is due again; 0 if it no longer holds it."""
+        return self._keyspaces_due if self._by_prefix.get(keyspace.prefix) is keyspace else 0
 
     def _set_keyspaces(self, keyspaces: Iterable[Keyspace], now: int, generation: int) -> None:
         """Install a loaded map, unless keyspaces changed since ``generation`` (the
@@ -154,6 +173,7 @@ class Verifier:
         self._keyspaces_due = now + self._refresh_ms
         if generation != self._keyspaces_generation:  # invalidated meanwhile, in a thread
             self._keyspaces_due = 0
+        self.cache.forget_answers()  # they were given under the previous map
 
 
 class _Pending(Protocol):
@@ -210,7 +230,8 @@ class _LoadRecord:
             self.digest, lambda: astore.load_record(key_hash), self.now)
 
     def resume(self, entry: Entry) -> Step:
-        return self.verifier._decide(entry, self.keyspace, self.request, self.ip, self.now)
+        return self.verifier._decide(self.digest, entry, self.keyspace, self.request, self.ip,
+                                     self.now)
 
 
 class _Settle:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from .._errors import ConflictError
 from ._base import KINDS, Doc, State, Store
@@ -14,6 +13,7 @@ from ._base import KINDS, Doc, State, Store
 __all__ = ["MemoryStore"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class MemoryStore(Store):
@@ -32,7 +32,7 @@ class MemoryStore(Store):
 
     def get(self, kind: str, id: str) -> Doc | None:
         doc = self._docs[kind].get(id)
-        return copy.deepcopy(doc) if doc is not None else None
+        return _clone(doc) if doc is not None else None
 
     def find(self, kind: str, field: str, value: str) -> Doc | None:
         doc_id = self._unique[(kind, field)].get(value)
@@ -46,7 +46,7 @@ class MemoryStore(Store):
             ids = sorted(i for i in self._docs[kind] if after is None or i > after)
             docs = (self._docs[kind][i] for i in ids)
             matching = [d for d in docs if where is None or d.get(where[0]) == where[1]]
-        return copy.deepcopy(matching[:limit])
+        return _clone(matching[:limit])
 
     def insert(self, kind: str, doc: Doc) -> None:
         with self._lock:
@@ -62,7 +62,7 @@ class MemoryStore(Store):
         with self._lock:
             doc = fn(self.get(kind, id))
             self._write(kind, doc, previous=self._docs[kind].get(doc["id"]))
-            return copy.deepcopy(doc)
+            return _clone(doc)
 
     def _write(self, kind: str, doc: Doc, previous: Doc | None) -> None:
         doc = json.loads(json.dumps(doc))  # store what a real store would: plain JSON
@@ -92,14 +92,28 @@ class MemoryStore(Store):
     ) -> R:
         with self._lock:
             # Copies in and out, as a real store would: fn may change what it was given and fail.
-            writes, value = fn(copy.deepcopy({key: self._states.get(key) for key in keys}))
+            writes, value = fn(_clone({key: self._states.get(key) for key in keys}))
             for key, state in writes.items():
                 if state is None:
                     self._states.pop(key, None)
                 else:
-                    self._states[key] = copy.deepcopy(state)
+                    self._states[key] = _clone(state)
             return value
 
     def read_states(self, keys: Sequence[str]) -> dict[str, State | None]:
         with self._lock:
-            return copy.deepcopy({key: self._states.get(key) for key in keys})
+            return _clone({key: self._states.get(key) for key in keys})
+
+
+def _clone(value: T) -> T:
+    """A deep copy of plain JSON data (dicts, lists, scalars), far cheaper than
+    ``copy.deepcopy``: what goes in or out of the store is never shared with callers."""
+    return cast(T, _copy(value))
+
+
+def _copy(value: Any) -> Any:
+    if type(value) is dict:
+        return {key: _copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_copy(item) for item in value]
+    return value
