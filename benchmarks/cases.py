@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from keystile import KeyAuthMiddleware
 
 from . import peers
-from .apps import IdealAuth, fastapi_app, starlette_app
+from .apps import IdealAuth, fastapi_app, ideal_dependency, starlette_app
 from .fixture import PERMISSION_QUERY, Fixture, KeystileSetup, wrong_key
 
 __all__ = ["CASES", "Case", "Target", "select"]
@@ -51,6 +51,7 @@ class Case:
     http: bool = True  # can run under uvicorn (the WSGI cases run in-process only)
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ideal: str | None = None  # the ideal case to compare with, if not its framework's first
 
     def missing_modules(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -80,6 +81,14 @@ def _ideal(framework: str) -> Callable[[Fixture], Target]:
         return Target(app, (("authorization", IDEAL_TOKEN),), wrong)
 
     return build
+
+
+def _ideal_dependency(_: Fixture) -> Target:
+    from fastapi import Depends
+
+    app = fastapi_app(dependencies=[Depends(ideal_dependency(IDEAL_TOKEN))])
+    wrong = (("authorization", IDEAL_TOKEN[:-1] + "X"),)
+    return Target(app, (("authorization", IDEAL_TOKEN),), wrong)
 
 
 # -- keystile -----------------------------------------------------------------------------
@@ -192,12 +201,15 @@ CASES: tuple[Case, ...] = (
          description="pure ASGI: compare the header with a constant"),
     Case("fastapi-keystile-memory-hit", "fastapi", "keystile", _keystile("fastapi", _memory),
          requires=("fastapi",), description="KeyAuthMiddleware on FastAPI, memory://, cache hit"),
+    Case("fastapi-ideal-dependency", "fastapi", "ideal", _ideal_dependency, requires=("fastapi",),
+         description="a dependency that compares the header with a constant (the floor for any)"),
     Case("fastapi-keystile-dependency", "fastapi", "keystile", _dependency,
-         requires=("fastapi",), description="Depends(KeyAuth()) with install(app), memory://, hit"),
+         requires=("fastapi",), ideal="fastapi-ideal-dependency",
+         description="Depends(KeyAuth()) with install(app), memory://, hit"),
     Case("fastapi-key-auth-middleware", "fastapi", "peer", peers.fastapi_key_auth_middleware,
          requires=("fastapi_key_auth",), description="fastapi-key-auth AuthorizerMiddleware"),
     Case("fastapi-key-auth-dependency", "fastapi", "peer", peers.fastapi_key_auth_dependency,
-         requires=("fastapi_key_auth",),
+         requires=("fastapi_key_auth",), ideal="fastapi-ideal-dependency",
          description="fastapi-key-auth AuthorizerDependency (missing header: 422)"),
     Case("fastapi-keyshield-cached", "fastapi", "peer", peers.keyshield_cached,
          requires=peers.KEYSHIELD_MODULES,
@@ -217,11 +229,13 @@ CASES: tuple[Case, ...] = (
 
 
 def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[tuple[Case, str]]]:
-    """The cases to run (baselines always added) and the skipped ones with the reason."""
+    """The cases to run (baselines, and the ideal a case names, always added) and the
+    skipped ones with the reason."""
     chosen = [c for c in CASES if not patterns or any(p in c.name for p in patterns)]
     frameworks = {c.framework for c in chosen} | {"starlette"}
     wanted = {c.name for c in chosen} | {
-        c.name for c in CASES if c.kind == "bare" and c.framework in frameworks}
+        c.name for c in CASES if c.kind == "bare" and c.framework in frameworks} | {
+        c.ideal for c in chosen if c.ideal}
     run: list[Case] = []
     skipped: list[tuple[Case, str]] = []
     for case in CASES:

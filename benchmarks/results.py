@@ -78,7 +78,9 @@ def _add_ratios(row: Row, case: Case, cases: Sequence[Case], batches: dict[str, 
     _ratio(row, "ratio_to_bare", mine, _find(cases, case.framework, "bare"), batches)
     _ratio(row, "ratio_to_starlette", mine, _find(cases, "starlette", "bare"), batches)
     if case.kind in ("keystile", "peer"):
-        _ratio(row, "ratio_to_ideal", mine, _find(cases, case.framework, "ideal"), batches)
+        ideal = next((c for c in cases if c.name == case.ideal), None) if case.ideal else _find(
+            cases, case.framework, "ideal")
+        _ratio(row, "ratio_to_ideal", mine, ideal, batches)
     if case.kind == "keystile":
         peers = [c for c in cases if c.kind == "peer" and c.framework == case.framework]
         row["vs_peers"] = {p.name: _paired(mine, batches[p.name])[1] for p in peers}

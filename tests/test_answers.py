@@ -40,6 +40,10 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def raw(key: str) -> bytes:
+    return key.encode()
+
+
 async def get(c: httpx.AsyncClient, key: str) -> httpx.Response:
     return await c.get("/", headers={"authorization": f"Bearer {key}"})
 
@@ -52,7 +56,7 @@ async def test_if_a_key_verified_once_then_repeats_are_answered_without_the_stor
     created = ks.create_key(api.id, permissions=["read"])
     async with client(app_with(ks, permissions="read")) as c:
         assert (await get(c, created.key)).status_code == 200
-        assert digest(created.key) in ks.verifier.cache.answers
+        assert raw(created.key) in ks.verifier.cache.answers
         counting_store.calls.clear()
         for _ in range(20):
             response = await get(c, created.key)
@@ -68,7 +72,7 @@ async def test_if_a_remembered_key_is_disabled_then_the_next_request_is_rejected
         for _ in range(3):
             assert (await get(c, created.key)).status_code == 200
         ks.update_key(created.key_id, enabled=False)
-        assert digest(created.key) not in ks.verifier.cache.answers
+        assert raw(created.key) not in ks.verifier.cache.answers
         response = await get(c, created.key)
         assert response.status_code == 403
         assert response.json()["code"] == "DISABLED"
@@ -103,7 +107,7 @@ async def test_if_the_key_expires_then_its_remembered_answer_ends_with_it(
     key = ks.create_key(api.id, expires=clock() + 5_000).key
     async with client(app_with(ks)) as c:
         assert (await get(c, key)).status_code == 200
-        assert ks.verifier.cache.answers[digest(key)][0] <= clock() + 5_001
+        assert ks.verifier.cache.answers[raw(key)][0] <= clock() + 5_001
         clock.advance(4_000)
         assert (await get(c, key)).status_code == 200
         clock.advance(1_001)
@@ -176,13 +180,13 @@ def test_if_the_entry_was_evicted_before_the_answer_is_remembered_then_none_is_k
     valid = ks.verify(created.key)
     request = VerifyRequest()
     cache.evict(ks.store.get("key", created.key_id)["hash"])  # type: ignore[index]
-    cache.remember(digest(created.key), entry, request, valid, lambda: clock() + 60_000)
+    cache.remember(raw(created.key), digest(created.key), entry, request, valid, lambda: clock() + 60_000)
     assert cache.answers == {}
     entry = cache.put(digest(created.key), record, clock())
-    cache.remember(digest(created.key), entry, request, valid, lambda: 0)  # the map changed
+    cache.remember(raw(created.key), digest(created.key), entry, request, valid, lambda: 0)  # the map changed
     assert cache.answers == {}
-    cache.remember(digest(created.key), entry, request, valid, lambda: clock() + 60_000)
-    assert cache.answers[digest(created.key)] == (entry.deadline, request, valid)
+    cache.remember(raw(created.key), digest(created.key), entry, request, valid, lambda: clock() + 60_000)
+    assert cache.answers[raw(created.key)] == (entry.deadline, request, valid)
 
 
 def test_if_answers_fill_the_cache_size_then_they_start_over_bounded(clock: Clock) -> None:
@@ -204,3 +208,23 @@ async def test_if_the_keyspace_has_an_ip_whitelist_then_no_answer_is_remembered(
         assert (await get(c, key)).status_code == 403
     assert ks.verify(key, ip="10.1.2.3").valid
     assert ks.verifier.cache.answers == {}
+
+
+def test_if_the_keyspace_map_reloads_then_no_key_stays_remembered_from_before(clock: Clock) -> None:
+    ks = Keystile("memory://", now=clock, keyspace_refresh=30, cache_ttl=60)
+    api = ks.create_api("shop", prefix="sk_shop")
+    first, second = ks.create_key(api.id).key, ks.create_key(api.id).key
+    assert ks.verify(first).valid
+    assert set(ks.verifier.cache.answers) == {raw(first)}
+    clock.advance(30_000)
+    assert ks.verify(second).valid  # reloads the map first
+    assert set(ks.verifier.cache.answers) == {raw(second)}
+
+
+def test_if_a_key_is_evicted_then_its_answer_goes_with_it_and_others_stay(ks: Keystile) -> None:
+    api = ks.create_api("shop", prefix="sk_shop")
+    gone, kept = ks.create_key(api.id), ks.create_key(api.id)
+    assert ks.verify(gone.key).valid and ks.verify(kept.key).valid
+    ks.update_key(gone.key_id, name="renamed")
+    assert set(ks.verifier.cache.answers) == {raw(kept.key)}
+    assert ks.verify(gone.key).name == "renamed"

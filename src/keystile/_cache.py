@@ -9,11 +9,13 @@ Concurrent misses for one hash share one store read (single flight), in threads
 and in asyncio tasks alike. Only static records are cached: credits and rate-limit
 counters are always settled in the store.
 
-Beside the entries, ``answers`` remembers the last static answer given for a digest:
-``digest -> (deadline, request, result)``. A caller holding the same request object
-gets the same result with one plain dict lookup and one comparison, before any
-parsing; a digest only gets an answer after its key passed the full check, so a hit
-means these very bytes were checked before. Every eviction drops the digest's answer.
+Beside the entries, ``answers`` remembers the last static answer given to a key:
+``key bytes -> (deadline, request, result)``. A caller holding the same request
+object gets the same result with one plain dict lookup and one comparison, before
+any parsing or hashing; a key only gets an answer after it passed every check, so a
+hit means these very bytes were checked before. Every eviction drops the key's
+answer, and the verifier drops them all whenever it reloads the keyspace map, so a
+key's bytes stay in this table no longer than that interval after its last use.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class RecordCache:
         self._maxsize = maxsize
         # Read without the lock on the hot path; written and cleared under it.
         self.answers: dict[bytes, Answer] = {}
+        self._answered: dict[bytes, bytes] = {}  # digest -> the key bytes of its answer
         # Bumped by every eviction: a load that began before one must not cache what it read.
         self._generation = 0
         self.hits = 0
@@ -116,11 +119,12 @@ class RecordCache:
                     self._cache[digest] = entry
         return entry
 
-    def remember(self, digest: bytes, entry: Entry, request: VerifyRequest, result: VerifyResult,
-                 until: Callable[[], int]) -> None:
-        """Remember ``result`` as the answer to ``request`` for ``digest`` while ``entry``
-        is the cached one, and no later than ``until()`` (read under the lock, so a
-        concurrent change that clears the answers cannot be overtaken)."""
+    def remember(self, key: bytes, digest: bytes, entry: Entry, request: VerifyRequest,
+                 result: VerifyResult, until: Callable[[], int]) -> None:
+        """Remember ``result`` as the answer to ``request`` for ``key`` (whose digest
+        is ``digest``) while ``entry`` is the cached one, and no later than ``until()``
+        (read under the lock, so a concurrent change that clears the answers cannot be
+        overtaken)."""
         with self._lock:
             if self._cache.get(digest) is not entry:
                 return  # evicted meanwhile, or never cached: the answer may be stale
@@ -129,12 +133,15 @@ class RecordCache:
                 return
             if len(self.answers) >= self._maxsize:
                 self.answers.clear()
-            self.answers[digest] = (deadline, request, result)
+                self._answered.clear()
+            self.answers[key] = (deadline, request, result)
+            self._answered[digest] = key
 
     def forget_answers(self) -> None:
-        """Drop every remembered answer (the keyspaces changed)."""
+        """Drop every remembered answer (the keyspaces changed, or were reloaded)."""
         with self._lock:
             self.answers.clear()
+            self._answered.clear()
 
     def evict(self, key_hash: str) -> None:
         """Drop the entry of a stored hash (``base64(sha256(key))``)."""
@@ -142,7 +149,9 @@ class RecordCache:
         with self._lock:
             self._generation += 1
             self._cache.pop(digest, None)
-            self.answers.pop(digest, None)
+            key = self._answered.pop(digest, None)
+            if key is not None:
+                self.answers.pop(key, None)
             # Misses from now on load afresh rather than join a load begun before the change.
             self._inflight.pop(digest, None)
             self._ainflight.pop(digest, None)
@@ -152,6 +161,7 @@ class RecordCache:
             self._generation += 1
             self._cache.clear()
             self.answers.clear()
+            self._answered.clear()
             self._inflight.clear()
             self._ainflight.clear()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping, Sequence
-from hashlib import sha256 as _sha256
 from typing import Any
 
 from starlette.responses import Response
@@ -79,7 +78,7 @@ class RouteGuard:
         token = bearer_token(headers) if gate.scheme else None
         key = None
         if token is not None:
-            known = gate.verifier.recall(_sha256(token).digest(), request)  # type: ignore[arg-type]
+            known = gate.verifier.recall(token, request)  # type: ignore[arg-type]
             if known is not None:
                 return known
             key = plain_key(token)

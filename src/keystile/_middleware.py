@@ -15,7 +15,6 @@ pass untouched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from hashlib import sha256 as _sha256
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -161,7 +160,7 @@ class KeyAuthMiddleware:
             return
         # The hot paths, inlined on purpose (every call here costs): _guarded does the same.
         verifier = self.verifier
-        answer = self._answers.get(_sha256(token).digest())
+        answer = self._answers.get(token)
         if answer is not None and answer[1] is gate.request and verifier.now() < answer[0]:
             # This very key got this answer for this middleware's request, and it holds:
             # a static valid result, so no headers to add.

@@ -18,7 +18,7 @@ from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, build_result, decide_static, make_plan
 from ._errors import ConfigurationError
 from ._ids import now_ms
-from ._keys import split_key
+from ._keys import MAX_KEY_LENGTH, split_key
 from ._models import Code, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
@@ -107,27 +107,30 @@ class Verifier:
             now = self.now()
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
-        prefix = split_key(key) if type(key) is str else None
+        if type(key) is not str or len(key) > MAX_KEY_LENGTH:
+            return _NOT_FOUND
+        raw = key.encode("utf-8", "surrogatepass")
+        answer = self.cache.answers.get(raw)
+        if answer is not None and answer[1] is request and now < answer[0]:
+            return answer[2]  # this route asked this of this key before: same answer
+        prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None or (request.api_id is not None and keyspace.api_id != request.api_id):
             return _NOT_FOUND
-        digest = _sha256(key.encode()).digest()
-        answer = self.cache.answers.get(digest)
-        if answer is not None and answer[1] is request and now < answer[0]:
-            return answer[2]  # this route asked this of this key before: same answer
+        digest = _sha256(raw).digest()
         entry = self.cache.fresh(digest, now)
         if entry is None:
-            return _LoadRecord(self, digest, keyspace, request, ip, now)
-        return self._decide(digest, entry, keyspace, request, ip, now)
+            return _LoadRecord(self, raw, digest, keyspace, request, ip, now)
+        return self._decide(raw, digest, entry, keyspace, request, ip, now)
 
-    def recall(self, digest: bytes, request: VerifyRequest) -> VerifyResult | None:
-        """The answer ``request`` got for the key of ``digest`` (``sha256`` of the key's
-        bytes), if it still holds; else ``None`` and the caller verifies the key.
+    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
+        """The answer ``request`` got for ``key`` (its raw bytes, as received), if it
+        still holds; else ``None`` and the caller verifies the key.
 
-        For hot paths that can hash the raw bytes they received: a hit needs no
-        parsing, since only a key that passed every check gets an answer remembered.
+        For hot paths that hold the raw bytes: a hit needs no decoding, parsing or
+        hashing, since only a key that passed every check gets an answer remembered.
         """
-        answer = self.cache.answers.get(digest)
+        answer = self.cache.answers.get(key)
         if answer is not None and answer[1] is request and self.now() < answer[0]:
             return answer[2]
         return None
@@ -138,7 +141,7 @@ class Verifier:
         return step
 
     def _decide(
-        self, digest: bytes, entry: Entry, keyspace: Keyspace, request: VerifyRequest,
+        self, raw: bytes, digest: bytes, entry: Entry, keyspace: Keyspace, request: VerifyRequest,
         ip: str | None, now: int,
     ) -> Step:
         record = entry.record
@@ -153,7 +156,8 @@ class Verifier:
                 # Within the entry's life nothing else can change this answer: the
                 # entry ends before the key expires, and no client IP is involved.
                 # It holds while this keyspace is the one its prefix maps to.
-                self.cache.remember(digest, entry, request, valid, lambda: self._keyspace_due(keyspace))
+                self.cache.remember(raw, digest, entry, request, valid,
+                                   lambda: self._keyspace_due(keyspace))
             return valid
         plan = make_plan(record, request)
         if plan.empty:
@@ -213,11 +217,11 @@ class _LoadKeyspaces:
 class _LoadRecord:
     """Read a missed record through the cache's single flight, then decide."""
 
-    __slots__ = ("digest", "ip", "keyspace", "now", "request", "verifier")
+    __slots__ = ("digest", "ip", "keyspace", "now", "raw", "request", "verifier")
 
-    def __init__(self, verifier: Verifier, digest: bytes, keyspace: Keyspace,
+    def __init__(self, verifier: Verifier, raw: bytes, digest: bytes, keyspace: Keyspace,
                  request: VerifyRequest, ip: str | None, now: int) -> None:
-        self.verifier, self.digest, self.keyspace = verifier, digest, keyspace
+        self.verifier, self.raw, self.digest, self.keyspace = verifier, raw, digest, keyspace
         self.request, self.ip, self.now = request, ip, now
 
     def run_sync(self) -> Entry:
@@ -230,7 +234,7 @@ class _LoadRecord:
             self.digest, lambda: astore.load_record(key_hash), self.now)
 
     def resume(self, entry: Entry) -> Step:
-        return self.verifier._decide(self.digest, entry, self.keyspace, self.request, self.ip,
+        return self.verifier._decide(self.raw, self.digest, entry, self.keyspace, self.request, self.ip,
                                      self.now)
 
 
