@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,12 +41,33 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every store URL: one test body runs against each store (the contract suite)."""
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every store URL: one test body runs against each store (the contract suite).
+
+    Redis tests share one database; each gets a key prefix of its own, removed after.
+    """
     if request.param == "memory":
-        return "memory://"
-    return f"sqlite:///{tmp_path / 'keys.db'}"
+        yield "memory://"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'keys.db'}"
+    else:
+        base = request.getfixturevalue("redis_url")
+        prefix = f"kt{uuid.uuid4().hex[:12]}:"
+        yield f"{base}?prefix={prefix}"
+        drop_redis_prefix(base, prefix)
+
+
+def drop_redis_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        names = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if names:
+            client.delete(*names)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -125,6 +151,10 @@ def counting(base: type[Store]) -> type[Store]:
 @pytest.fixture
 def counting_store_class(store_url: str) -> type[Store]:
     """The counting subclass of the real store class that ``store_url`` names."""
+    if store_url.startswith("redis"):
+        from keystile.stores.redis import RedisStore
+
+        return counting(RedisStore)
     return counting(MemoryStore if store_url.startswith("memory:") else SQLiteStore)
 
 
@@ -151,3 +181,68 @@ def same_store(ks: Keystile, store_url: str, clock: Clock) -> Iterator[Callable[
     for other in opened:
         if other.store is not ks.store:
             other.close()
+
+
+# -- a private redis-server: for counting, and for killing, pausing and restarting -----
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, with an append-only file so
+    that a restart keeps what was written (as users must configure it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("KEYSTILE_REQUIRE_REDIS") == "1":
+                pytest.fail("KEYSTILE_REQUIRE_REDIS=1 but redis-server is not installed")
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not redis_answers(port=self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.resume()
+        server.kill()

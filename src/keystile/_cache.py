@@ -96,6 +96,14 @@ class RecordCache:
         self.misses += 1
         return None
 
+    def stale(self, digest: bytes, now: int, max_age_ms: int) -> Entry | None:
+        """The entry for ``digest`` even past its deadline, up to ``max_age_ms`` past it
+        (for the ``open_cached`` fail policy: only while the store cannot answer)."""
+        entry = self._cache.get(digest)
+        if entry is not None and now < entry.deadline + max_age_ms:
+            return entry
+        return None
+
     def get(self, key_hash: str) -> KeyRecord | None:
         """The fresh record cached for a stored hash (``base64(sha256)``), if any."""
         entry = self.fresh(_digest(key_hash), self._clock())

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ._bus import publish
 from ._credits import apply_refill, new_credit_state
 from ._decide import credits_state_key
 from ._errors import ConflictError, NotFoundError, ProtectedError, ValidationError
@@ -149,7 +148,7 @@ class Keystile:
                     "created_at": self.now()}
         self.store.insert("keyspace", keyspace)
         self.store.insert("api", api)
-        publish(self.store.url, None, keyspaces=True)
+        self.store.announce(None, keyspaces=True)
         return api_from_doc(api)
 
     def get_api(self, api_id: str) -> Api:
@@ -185,7 +184,7 @@ class Keystile:
         if settings:
             self.store.modify("keyspace", api["keyspace_id"],
                               lambda d: {**(d or {"id": api["keyspace_id"]}), **settings})
-        publish(self.store.url, None, keyspaces=True)
+        self.store.announce(None, keyspaces=True)
         return api_from_doc(api)
 
     def delete_api(self, api_id: str) -> None:
@@ -199,7 +198,7 @@ class Keystile:
         keyspace.update(deleted_at=deleted_at, deleted_prefix=keyspace.pop("prefix", None))
         self.store.replace("keyspace", keyspace)
         self.store.replace("api", {**api, "deleted_at": deleted_at})
-        publish(self.store.url, None, keyspaces=True)
+        self.store.announce(None, keyspaces=True)
 
     def _api_doc(self, api_id: str) -> Doc:
         doc = self.store.get("api", api_id)
@@ -296,7 +295,7 @@ class Keystile:
             deleted_at = self.now()
             doc = self.store.modify("key", key_id, lambda d: {**_live_key(d, key_id),
                                                                "deleted_at": deleted_at})
-        publish(self.store.url, doc["hash"])
+        self.store.announce(doc["hash"])
 
     def update_credits(
         self, key_id: str, operation: Literal["set", "increment", "decrement"],
@@ -343,7 +342,7 @@ class Keystile:
         concurrent change to another field is never lost."""
         changes = {**changes, "updated_at": self.now()}
         doc = self.store.modify("key", key_id, lambda d: {**_live_key(d, key_id), **changes})
-        publish(self.store.url, doc["hash"])
+        self.store.announce(doc["hash"])
         return self._key_info(doc)
 
     def _apply_key_fields(self, doc: Doc, **fields: Any) -> None:
@@ -420,7 +419,7 @@ class Keystile:
         if ratelimits is not UNSET:
             changes["ratelimits"] = [_with_id(rl).to_dict() for rl in check_ratelimits(ratelimits)]
         doc = self.store.modify("identity", found["id"], lambda d: {**(d or found), **changes})
-        publish(self.store.url, None)
+        self.store.announce(None)
         return identity_from_doc(doc)
 
     def delete_identity(self, identity: str) -> None:
@@ -428,7 +427,7 @@ class Keystile:
         for key in self.store.scan_all("key", where=("identity_id", doc["id"])):
             self.store.replace("key", {**key, "identity_id": None})
         self.store.delete("identity", doc["id"])
-        publish(self.store.url, None)
+        self.store.announce(None)
 
     def _identity_doc(self, identity: str) -> Doc:
         doc = self.store.get("identity", identity) or self.store.find(
@@ -476,7 +475,7 @@ class Keystile:
                     item["permissions"] = [p for p in item["permissions"] if p != slug]
                     self.store.replace(kind, item)
         self.store.delete("permission", doc["id"])
-        publish(self.store.url, None)
+        self.store.announce(None)
 
     def create_role(
         self, name: str, *, permissions: Iterable[str] = (), description: str | None = None
@@ -506,7 +505,7 @@ class Keystile:
             raise NotFoundError(f"no role {name!r}")
         slugs = self._ensure_permissions(check_slugs(permissions))
         doc = self.store.modify("role", found["id"], lambda d: {**(d or found), "permissions": slugs})
-        publish(self.store.url, None)
+        self.store.announce(None)
         return role_from_doc(doc)
 
     def delete_role(self, name: str) -> None:
@@ -517,7 +516,7 @@ class Keystile:
             if name in key.get("roles", ()):
                 self.store.replace("key", {**key, "roles": [r for r in key["roles"] if r != name]})
         self.store.delete("role", doc["id"])
-        publish(self.store.url, None)
+        self.store.announce(None)
 
     def _ensure_permissions(self, slugs: list[str]) -> list[str]:
         for slug in slugs:

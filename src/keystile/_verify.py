@@ -10,19 +10,21 @@ and async callers share every decision and the hot path pays for no machinery.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
-from ._bus import subscribe
 from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, build_result, decide_static, make_plan
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, StoreUnavailableError
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
-from ._models import Code, Keyspace, VerifyRequest, VerifyResult
+from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
 __all__ = ["Verifier"]
+
+logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
 _sha256 = hashlib.sha256
@@ -57,7 +59,7 @@ class Verifier:
         self._by_prefix: dict[str, Keyspace] = {}
         self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
         self._keyspaces_generation = 0  # bumped by every keyspace invalidation
-        subscribe(self.store.url, self)
+        self.store.listen(self)
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"
@@ -81,17 +83,29 @@ class Verifier:
     async def verify_async(self, key: str, **request: Any) -> VerifyResult:
         return await self.verify_request_async(key, _request(request))
 
-    def verify_request(self, key: str, request: VerifyRequest, ip: str | None = None) -> VerifyResult:
-        """Verify ``key`` for ``request``; ``ip`` overrides ``request.ip``."""
-        step = self.start(key, request, ip)
-        while not isinstance(step, VerifyResult):
-            step = step.resume(step.run_sync())
-        return step
+    def verify_request(self, key: str, request: VerifyRequest, ip: str | None = None, *,
+                       stale_ms: int | None = None) -> VerifyResult:
+        """Verify ``key`` for ``request``; ``ip`` overrides ``request.ip``.
+
+        With ``stale_ms`` (the ``open_cached`` fail policy), a store that cannot
+        answer does not fail a key whose record is cached, even expired up to that
+        many ms: it is decided on the cached record and admitted without spending.
+        """
+        return self.finish_sync(self.start(key, request, ip), stale_ms)
 
     async def verify_request_async(
-        self, key: str, request: VerifyRequest, ip: str | None = None
+        self, key: str, request: VerifyRequest, ip: str | None = None, *,
+        stale_ms: int | None = None,
     ) -> VerifyResult:
-        return await self.finish_async(self.start(key, request, ip))
+        return await self.finish_async(self.start(key, request, ip), stale_ms)
+
+    def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
+        while not isinstance(step, VerifyResult):
+            try:
+                step = step.resume(step.run_sync())
+            except StoreUnavailableError as error:
+                step = self._fall_back(step, error, stale_ms)
+        return step
 
     # -- the steps -------------------------------------------------------------------
 
@@ -135,10 +149,43 @@ class Verifier:
             return answer[2]
         return None
 
-    async def finish_async(self, step: Step) -> VerifyResult:
+    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         while not isinstance(step, VerifyResult):
-            step = step.resume(await step.run_async())
+            try:
+                step = step.resume(await step.run_async())
+            except StoreUnavailableError as error:
+                step = self._fall_back(step, error, stale_ms)
         return step
+
+    def _fall_back(self, step: Step, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+        """What the ``open_cached`` fail policy makes of a step the store could not
+        serve (re-raises the store's error when there is nothing cached to go on)."""
+        if stale_ms is None:
+            raise error
+        now = self.now()
+        if isinstance(step, _LoadKeyspaces) and self._by_prefix:
+            # Go on with the last map; ask the store again in a second.
+            self._keyspaces_due = now + min(self._refresh_ms, 1000)
+            return self.start(step.key, step.request, step.ip, now)
+        if isinstance(step, _LoadRecord):
+            entry = self.cache.stale(step.digest, now, stale_ms)
+            if entry is not None and entry.record is not None:
+                return self._stale_result(entry.record, step.keyspace, step.request, step.ip, now)
+        if isinstance(step, _Settle) and step.entry.record is not None:
+            logger.warning("keystile: store unavailable; admitting key %s unspent (open_cached)",
+                           step.entry.record.key_id)
+            return build_result(Code.VALID, step.entry.record)
+        raise error
+
+    def _stale_result(self, record: KeyRecord, keyspace: Keyspace, request: VerifyRequest,
+                      ip: str | None, now: int) -> VerifyResult:
+        if record.keyspace_id != keyspace.id:
+            return _NOT_FOUND
+        code = decide_static(record, keyspace, request, now, ip or request.ip)
+        if code is None:
+            logger.warning("keystile: store unavailable; admitting key %s from a stale cache entry"
+                           " (open_cached)", record.key_id)
+        return build_result(code or Code.VALID, record)
 
     def _decide(
         self, raw: bytes, digest: bytes, entry: Entry, keyspace: Keyspace, request: VerifyRequest,

@@ -1,4 +1,4 @@
-"""Stores, chosen by URL: ``memory://``, ``sqlite:///path.db``.
+"""Stores, chosen by URL: ``memory://``, ``sqlite:///path.db``, ``redis://host:port/db``.
 
 >>> store = open_store("memory://")
 """
@@ -26,9 +26,17 @@ __all__ = [
 
 DEFAULT_STORE_URL = "sqlite:///./keystile.db"
 
+def _redis(url: str) -> Store:
+    from .redis import RedisStore  # imported when used: redis-py is an extra
+
+    return RedisStore(url)
+
+
 _SCHEMES: dict[str, Callable[[str], Store]] = {
     "memory": MemoryStore,
     "sqlite": SQLiteStore,
+    "redis": _redis,
+    "rediss": _redis,
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import anyio.to_thread
 
+from .._bus import Listener, publish, subscribe
 from .._decide import Plan, Settlement, settle
 from .._models import KeyRecord, Keyspace
 from .._records import key_record_from_docs, keyspace_from_doc
@@ -105,6 +106,18 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - stores without resources need nothing
         """Release connections; the store is unusable afterwards."""
+
+    # -- invalidation -------------------------------------------------------------------
+
+    def announce(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
+        """Tell every verifier of this store that ``key_hash`` (``None``: any key) or
+        the keyspaces changed: in this process at once; a store shared across
+        processes may also tell the others (Redis does, through pub/sub)."""
+        publish(self.url, key_hash, keyspaces=keyspaces)
+
+    def listen(self, listener: Listener) -> None:
+        """Have ``listener`` hear every :meth:`announce` of this store's URL."""
+        subscribe(self.url, listener)
 
     # -- built on the primitives ------------------------------------------------------
 
