@@ -40,6 +40,8 @@ def require_key(
     store: Store | str | None = None,
     verifier: Verifier | Keystile | None = None,
     header: str = "authorization",
+    fail_policy: str = "closed",
+    stale_max_age: float = 300.0,
 ) -> Callable[[F], F]:
     """Protect one endpoint: a Starlette endpoint (sync or async function, or an
     ``HTTPEndpoint`` method), a FastAPI path operation, or a Flask view.
@@ -50,7 +52,8 @@ def require_key(
     middleware's verifier, else ``KEYSTILE_STORE``).
     """
     guard = RouteGuard(permissions=permissions, cost=cost, ratelimits=ratelimits, api_id=api_id,
-                       store=store, verifier=verifier, header=header)
+                       store=store, verifier=verifier, header=header,
+                       fail_policy=fail_policy, stale_max_age=stale_max_age)
 
     def decorate(endpoint: F) -> F:
         if inspect.isclass(endpoint):

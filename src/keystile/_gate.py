@@ -65,6 +65,8 @@ class Gate:
         trusted_proxies: Iterable[str | Network] | None = None,
         forwarded_header: str | None = None,
         credits_header: str | None = None,
+        fail_policy: str = "closed",
+        stale_max_age: float = 300.0,
         **verifier_options: Any,
     ) -> None:
         self.verifier = _verifier(store, verifier, verifier_options)
@@ -85,6 +87,9 @@ class Gate:
         self.trusted_proxies = _trusted_proxies(trusted_proxies)
         self.forwarded_header = _forwarded_header(forwarded_header, self.trusted_proxies)
         self.credits_header = _credits_header(credits_header)
+        #: ms a cached record may serve past its lifetime while the store cannot
+        #: answer (the ``open_cached`` fail policy); ``None``: fail closed with 503.
+        self.stale_ms = check_fail_policy(fail_policy, stale_max_age)
         #: Nothing but one ``Authorization: Bearer`` header to read and the rate-limit
         #: headers to send: the ASGI middleware's inlined hot path may serve it.
         self.fast = self.scheme is not None and not (
@@ -244,3 +249,15 @@ def _credits_header(name: str | None) -> bytes | None:
         raise ConfigurationError(f"credits_header must be a header name such as 'X-Credits-Remaining', "
                                  f"not {name!r}")
     return name.lower().encode("ascii")
+
+
+FAIL_POLICIES = ("closed", "open_cached")
+
+
+def check_fail_policy(policy: str, max_age: float) -> int | None:
+    """The stale allowance in ms of a fail policy (``None``: closed); raises for bad ones."""
+    if policy not in FAIL_POLICIES:
+        raise ConfigurationError(f"fail_policy must be one of {', '.join(FAIL_POLICIES)}, not {policy!r}")
+    if not isinstance(max_age, int | float) or isinstance(max_age, bool) or max_age < 0:
+        raise ConfigurationError(f"stale_max_age must be seconds >= 0, not {max_age!r}")
+    return int(max_age * 1000) if policy == "open_cached" else None

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from . import _problem
 from ._errors import KeystileError
 from ._extract import bearer_token, plain_key
-from ._gate import VERIFIER_SCOPE_KEY, Gate
+from ._gate import VERIFIER_SCOPE_KEY, Gate, check_fail_policy
 from ._manage import Keystile
 from ._middleware import Principals
 from ._models import Code, VerifyRequest, VerifyResult
@@ -39,7 +39,7 @@ class RouteGuard:
     def __init__(self, *, permissions: str | None, cost: int | None,
                  ratelimits: Sequence[str | Mapping[str, Any]], api_id: str | None,
                  store: Store | str | None, verifier: Verifier | Keystile | None,
-                 header: str) -> None:
+                 header: str, fail_policy: str = "closed", stale_max_age: float = 300.0) -> None:
         self.request = VerifyRequest(permissions=permissions, cost=cost,
                                      ratelimits=tuple(ratelimits), api_id=api_id)
         # After the middleware: only what the route adds, without auto-applied limits.
@@ -48,7 +48,10 @@ class RouteGuard:
         self.query = parse_query(permissions) if permissions else None
         if isinstance(store, str):
             check_store_url(store)  # a wrong URL fails at import; the store opens on first use
-        self._gate_options: dict[str, Any] = {"store": store, "verifier": verifier, "header": header}
+        check_fail_policy(fail_policy, stale_max_age)  # at import, like the rest
+        self._gate_options: dict[str, Any] = {
+            "store": store, "verifier": verifier, "header": header, "fail_policy": fail_policy,
+            "stale_max_age": stale_max_age}
         self._gate: Gate | None = None
         self.principals = Principals()
 
@@ -112,23 +115,27 @@ class RouteGuard:
 
     def check(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:
         step = self.begin(scope)
+        if isinstance(step, Problem):
+            return step
+        gate = self.gate(scope)
         try:
-            while not isinstance(step, (VerifyResult, Problem)):
-                step = step.resume(step.run_sync())
+            result = gate.verifier.finish_sync(step, gate.stale_ms)
         except KeystileError as exc:
-            return self.gate(scope).failure(exc)
-        return step if isinstance(step, Problem) else self.finish(scope, step)
+            return gate.failure(exc)
+        return self.finish(scope, result)
 
     async def check_async(self, scope: MutableMapping[str, Any]) -> VerifyResult | Problem:
         step = self.begin(scope)
         if type(step) is VerifyResult and step.valid:  # the common case: a cache hit
             return self.finish(scope, step)
+        if isinstance(step, Problem):
+            return step
+        gate = self.gate(scope)
         try:
-            while not isinstance(step, (VerifyResult, Problem)):
-                step = step.resume(await step.run_async())
+            result = await gate.verifier.finish_async(step, gate.stale_ms)
         except KeystileError as exc:
-            return self.gate(scope).failure(exc)
-        return step if isinstance(step, Problem) else self.finish(scope, step)
+            return gate.failure(exc)
+        return self.finish(scope, result)
 
 
 def problem_response(problem: Problem) -> Response:

@@ -132,6 +132,11 @@ class KeyAuthMiddleware:
       (e.g. ``"X-Credits-Remaining"``; off by default; not sent for unlimited keys).
     - ``on_error``: an ASGI coroutine ``(scope, receive, send, problem)`` to answer
       rejected HTTP requests differently (WebSockets are closed with code 1008).
+    - ``fail_policy``: what a key gets when the store cannot answer: ``"closed"`` (the
+      default: 503 problem+json with ``Retry-After``) or ``"open_cached"`` (a key
+      whose record is in the local cache, even expired up to ``stale_max_age``
+      seconds, default 300, is decided on it and admitted without spending credits
+      or rate-limit tokens; unknown keys still get 503).
     - cache options (``cache_ttl``, ``negative_ttl``, ``cache_size``) pass to the verifier.
     """
 
@@ -178,7 +183,7 @@ class KeyAuthMiddleware:
         client = scope.get("client")
         try:
             step = verifier.start(key, gate.request, client[0] if client else None)
-            result = step if type(step) is VerifyResult else await verifier.finish_async(step)
+            result = step if type(step) is VerifyResult else await verifier.finish_async(step, gate.stale_ms)
         except KeystileError as exc:
             await self.on_error(scope, receive, send, gate.failure(exc))
             return
@@ -212,7 +217,8 @@ class KeyAuthMiddleware:
         client = scope.get("client")
         try:
             result = await self.verifier.verify_request_async(
-                key, gate.request, gate.client_ip(client[0] if client else None, headers))
+                key, gate.request, gate.client_ip(client[0] if client else None, headers),
+                stale_ms=gate.stale_ms)
         except KeystileError as exc:
             await self._refuse(scope, receive, send, gate.failure(exc))
             return

@@ -60,7 +60,7 @@ class KeyAuthWSGIMiddleware:
             return _answer(key, start_response)
         ip = gate.client_ip(environ.get("REMOTE_ADDR"), headers)
         try:
-            result = gate.verifier.verify_request(key, gate.request, ip)
+            result = gate.verifier.verify_request(key, gate.request, ip, stale_ms=gate.stale_ms)
         except KeystileError as exc:
             return _answer(gate.failure(exc), start_response)
         if not result.valid:

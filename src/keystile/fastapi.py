@@ -105,9 +105,12 @@ class KeyAuth(SecurityBase):
         store: Store | str | None = None,
         verifier: Verifier | Keystile | None = None,
         header: str = "authorization",
+        fail_policy: str = "closed",
+        stale_max_age: float = 300.0,
     ) -> None:
         self.guard = RouteGuard(permissions=permissions, cost=cost, ratelimits=ratelimits,
-                                api_id=api_id, store=store, verifier=verifier, header=header)
+                                api_id=api_id, store=store, verifier=verifier, header=header,
+                       fail_policy=fail_policy, stale_max_age=stale_max_age)
         if header.lower() == "authorization":
             self.model = HTTPBearerModel(description="An API key: `Authorization: Bearer <key>`")
             self.scheme_name = SCHEME_NAME
