@@ -52,10 +52,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'keys.db'}"
     else:
-        base = request.getfixturevalue("redis_url")
-        prefix = f"kt{uuid.uuid4().hex[:12]}:"
-        yield f"{base}?prefix={prefix}"
-        drop_redis_prefix(base, prefix)
+        yield request.getfixturevalue("redis_store_url")
+
+
+@pytest.fixture
+def redis_store_url(redis_url: str) -> Iterator[str]:
+    """A store URL on the test Redis under a key prefix of this test's own, removed after."""
+    prefix = f"kt{uuid.uuid4().hex[:12]}:"
+    yield f"{redis_url}?prefix={prefix}"
+    drop_redis_prefix(redis_url, prefix)
 
 
 def drop_redis_prefix(url: str, prefix: str) -> None:
