@@ -79,7 +79,8 @@ def test_if_a_cached_key_has_credits_then_only_the_settle_transaction_touches_th
 
     assert [cks.verify(created.key).credits for _ in range(3)] == [3, 2, 1]
 
-    assert counting_store.calls == {"settle": 3, "transact": 3}
+    native = counting_store.url.startswith("redis")  # one Lua script, no generic transaction
+    assert counting_store.calls == ({"settle": 3} if native else {"settle": 3, "transact": 3})
 
 
 def test_if_an_unknown_key_is_verified_100_times_then_the_store_is_read_once(

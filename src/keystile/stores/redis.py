@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -35,10 +36,12 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._bus import Listener, publish, subscribe
+from .._decide import Plan, Settlement
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
 from .._models import KeyRecord
 from .._records import key_record_from_docs
 from ._base import KINDS, Doc, State, Store
+from ._redis_settle import LuaSettle, TooLate, state_redis_key
 
 try:
     import redis
@@ -186,7 +189,8 @@ class RedisStore(Store):
             raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
         self._write_doc = self.client.register_script(_WRITE_DOC)
         self._load_record = self.client.register_script(_LOAD_RECORD)
-        self._settle: Any = None  # the Lua settle, built on first use
+        self._settle = LuaSettle(self.client, self.prefix)
+        self._offset_us, self._offset_due = 0, 0.0
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -207,7 +211,7 @@ class RedisStore(Store):
         return f"{self.prefix}d:{kind}:{id}"
 
     def _state_key(self, key: str) -> str:
-        return f"{self.prefix}s:{key}"
+        return state_redis_key(self.prefix, key)
 
     def close(self) -> None:
         self._closed.set()
@@ -380,6 +384,34 @@ class RedisStore(Store):
                 for key, raw in zip(keys, raws, strict=True)}
 
     # -- native forms: one round trip each ------------------------------------------------
+
+    def settle(self, plan: Plan, now: int) -> Settlement:
+        """Every limit and the credits of one verify, all or nothing: one ``EVALSHA``.
+
+        The script carries a deadline on the server's clock (this call's timeout
+        from now): a call stuck behind a paused server runs after the client gave up
+        and answered 503, and must then take nothing, or the key pays for a request
+        that was refused.
+        """
+        deadline = (time.time() + self.timeout) * 1_000_000 + self._clock_offset_us()
+        with self._errors():
+            try:
+                return self._settle(plan, now, int(deadline))
+            except TooLate as exc:
+                raise StoreUnavailableError(f"Redis store: {exc}") from exc
+
+    def _clock_offset_us(self) -> int:
+        """The server's clock minus ours (us), measured once a minute: a skewed clock
+        must not make every settle late (or none)."""
+        if time.monotonic() < self._offset_due:
+            return self._offset_us
+        with self._errors():
+            before = time.time()
+            seconds, micros = self.client.time()
+            after = time.time()
+        self._offset_us = int(seconds * 1_000_000 + micros - (before + after) / 2 * 1_000_000)
+        self._offset_due = time.monotonic() + 60
+        return self._offset_us
 
     def load_record(self, key_hash: str) -> KeyRecord | None:
         with self._errors():
