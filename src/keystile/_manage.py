@@ -48,6 +48,7 @@ from ._validate import (
     check_credits,
     check_expires,
     check_external_id,
+    check_lease,
     check_meta,
     check_name,
     check_prefix,
@@ -105,7 +106,8 @@ class Keystile:
         return f"Keystile({self.store!r})"
 
     def close(self) -> None:
-        self.store.close()
+        """Give leased units back (leased mode), then close the store."""
+        self.verifier.close()
 
     def __enter__(self) -> Keystile:
         return self
@@ -131,9 +133,13 @@ class Keystile:
     def create_api(
         self, name: str, *, prefix: str, default_bytes: int = 16,
         store_encrypted_keys: bool = False, ip_whitelist: Iterable[str] = (),
-        delete_protection: bool = False,
+        delete_protection: bool = False, lease: int = 0,
     ) -> Api:
-        """Create an API and its keyspace; ``prefix`` must be unused by other keyspaces."""
+        """Create an API and its keyspace; ``prefix`` must be unused by other keyspaces.
+
+        ``lease`` > 0 puts its keys in leased mode: credits and rate-limit tokens are
+        reserved from the store that many at a time and spent locally (see README).
+        """
         check_name(name, "API name", high=256)
         keyspace: Doc = {
             "id": new_id("ks"), "api_id": new_id("api"), "prefix": check_prefix(prefix),
@@ -141,6 +147,7 @@ class Keystile:
             "store_encrypted_keys": bool(store_encrypted_keys),
             "ip_whitelist": check_cidrs(ip_whitelist),
             "delete_protection": bool(delete_protection),
+            "lease": check_lease(lease),
         }
         if self.store.find("keyspace", "prefix", prefix) is not None:
             raise ConflictError(f"prefix {prefix!r} is used by another keyspace")
@@ -214,6 +221,7 @@ class Keystile:
         expires: int | dt.datetime | None = None, credits: Credits | int | None = None,
         ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] = (),
         permissions: Iterable[str] = (), roles: Iterable[str] = (), enabled: bool = True,
+        lease: int | None = None,
     ) -> CreatedKey:
         """Issue a key; its plaintext is in the answer and nowhere else, ever."""
         api = self._api_doc(api_id)
@@ -230,7 +238,8 @@ class Keystile:
             "credits_limited": credit is not None and credit.remaining is not None,
         }
         self._apply_key_fields(doc, name=name, meta=meta, expires=expires,
-                               ratelimits=ratelimits, permissions=permissions, roles=roles)
+                               ratelimits=ratelimits, permissions=permissions, roles=roles,
+                               lease=lease)
         if credit is not None:  # credits first: a key never exists without its credits
             self._write_credits(doc["id"], credit, now)
         self.store.insert("key", doc)
@@ -266,12 +275,13 @@ class Keystile:
         credits: Credits | int | _Unset | None = UNSET,
         ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] | _Unset | None = UNSET,
         permissions: Iterable[str] | _Unset = UNSET, roles: Iterable[str] | _Unset = UNSET,
+        lease: int | _Unset | None = UNSET,
     ) -> KeyInfo:
         """Change a key: an omitted argument leaves its field alone, ``None`` clears it."""
         self._key_doc(key_id)  # fail before any side effect if there is no such key
         given = {k: v for k, v in {
             "name": name, "meta": meta, "expires": expires, "ratelimits": ratelimits,
-            "permissions": permissions, "roles": roles}.items() if v is not UNSET}
+            "permissions": permissions, "roles": roles, "lease": lease}.items() if v is not UNSET}
         changes: Doc = {}
         self._apply_key_fields(changes, **given)
         if enabled is not UNSET:
@@ -360,6 +370,8 @@ class Keystile:
             return [_with_id(rl).to_dict() for rl in check_ratelimits(value or ())]
         if field == "permissions":
             return self._ensure_permissions(check_slugs(value))
+        if field == "lease":
+            return None if value is None else check_lease(value)
         return self._existing_roles(check_slugs(value, "role"))
 
     def _write_credits(self, key_id: str, credit: Credits, now: int) -> None:

@@ -155,6 +155,8 @@ class Keyspace:
     store_encrypted_keys: bool = False
     ip_whitelist: tuple[str, ...] = ()
     delete_protection: bool = False
+    #: Leased mode for the keys of this keyspace: units leased per store trip (0: exact).
+    lease: int = 0
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), compare=False, repr=False
     )
@@ -168,6 +170,7 @@ class Keyspace:
             "storeEncryptedKeys": self.store_encrypted_keys,
             "ipWhitelist": list(self.ip_whitelist),
             "deleteProtection": self.delete_protection,
+            "lease": self.lease,
         }
 
 
@@ -216,6 +219,8 @@ class KeyRecord:
     ratelimits: tuple[RatelimitConfig, ...]
     identity: Identity | None
     credits_limited: bool
+    #: Leased mode for this key (units per store trip); ``None``: its keyspace's setting.
+    lease: int | None = None
     permission_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     #: True when a verify of this key needs no store trip (no credits, no auto-applied limit).
     static_only: bool = field(default=False, compare=False, repr=False)

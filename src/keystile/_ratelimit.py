@@ -9,10 +9,11 @@ The counter state kept in the store is ``{"seq", "cur", "prev"}``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WindowOutcome", "check_window"]
+__all__ = ["WindowOutcome", "check_window", "window_counts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,8 @@ class WindowOutcome:
     new_state: dict[str, Any] | None  # None: nothing to write
 
 
-def _counts(state: dict[str, Any] | None, seq: int) -> tuple[int, int]:
+def window_counts(state: Mapping[str, Any] | None, seq: int) -> tuple[int, int]:
+    """``(current, previous)`` window counts of a counter state at window ``seq``."""
     if state is None:
         return 0, 0
     if state["seq"] == seq:
@@ -38,7 +40,7 @@ def check_window(
 ) -> WindowOutcome:
     """Decide one request of ``cost`` against ``limit`` per ``duration`` ms."""
     seq, elapsed = divmod(now, duration)
-    current, previous = _counts(state, seq)
+    current, previous = window_counts(state, seq)
     used = current + previous * (duration - elapsed) // duration
     reset = (seq + 1) * duration
     if used + cost > limit:

@@ -53,6 +53,7 @@ def keyspace_from_doc(doc: Mapping[str, Any]) -> Keyspace:
         store_encrypted_keys=bool(doc.get("store_encrypted_keys", False)),
         ip_whitelist=whitelist,
         delete_protection=bool(doc.get("delete_protection", False)),
+        lease=int(doc.get("lease") or 0),
         networks=tuple(ipaddress.ip_network(cidr, strict=False) for cidr in whitelist),
     )
 
@@ -105,6 +106,7 @@ def key_record_from_docs(
         ratelimits=ratelimits_from_docs(key.get("ratelimits")),
         identity=identity_from_doc(identity) if identity else None,
         credits_limited=bool(key.get("credits_limited", False)),
+        lease=key.get("lease"),
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "check_credits",
     "check_expires",
     "check_external_id",
+    "check_lease",
     "check_meta",
     "check_name",
     "check_prefix",
@@ -49,6 +50,16 @@ def check_bytes(nbytes: int) -> int:
     if not isinstance(nbytes, int) or not MIN_BYTES <= nbytes <= MAX_BYTES:
         raise ValidationError(f"key bytes must be an integer from {MIN_BYTES} to {MAX_BYTES}")
     return nbytes
+
+
+MAX_LEASE = 1_000_000
+
+
+def check_lease(units: int) -> int:
+    """A leased-mode batch size: 0 (exact mode) up to a million units per store trip."""
+    if not isinstance(units, int) or isinstance(units, bool) or not 0 <= units <= MAX_LEASE:
+        raise ValidationError(f"lease must be an integer from 0 (exact) to {MAX_LEASE}")
+    return units
 
 
 def check_cidrs(cidrs: Iterable[str]) -> list[str]:

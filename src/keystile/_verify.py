@@ -9,16 +9,19 @@ and async callers share every decision and the hot path pays for no machinery.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from ._cache import Entry, RecordCache, stored_hash
-from ._decide import Plan, Settlement, build_result, decide_static, make_plan
-from ._errors import ConfigurationError, StoreUnavailableError
+from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
+from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
+from ._lease import Lease, Leases, acquire, release
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
@@ -60,6 +63,8 @@ class Verifier:
         self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
         self._keyspaces_generation = 0  # bumped by every keyspace invalidation
         self.store.listen(self)
+        self.leases = Leases()
+        self._release_at_exit = False
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"
@@ -209,7 +214,34 @@ class Verifier:
         plan = make_plan(record, request)
         if plan.empty:
             return build_result(Code.VALID, record)
+        size = keyspace.lease if record.lease is None else record.lease
+        if size:
+            settled = self.leases.spend(plan, now)
+            if settled is not None:
+                return build_result(settled.code, record, settled)
+            return _Acquire(self, entry, plan, now, size)
         return _Settle(self, entry, plan, now)
+
+    # -- leased mode ------------------------------------------------------------------
+
+    def release_leases(self) -> None:
+        """Give unused leased credits and tokens back to the store (graceful shutdown)."""
+        held = self.leases.take_all()
+        if held:
+            self.store.transact(list(held), lambda states: (dict(release(held, states)), None))
+
+    def close(self) -> None:
+        """Release leases, then close the store."""
+        try:
+            self.release_leases()
+        finally:
+            self.store.close()
+
+    def _leasing(self) -> None:
+        """Once leases are held: give them back when the interpreter exits normally."""
+        if not self._release_at_exit:
+            self._release_at_exit = True
+            atexit.register(_release_at_exit, weakref.ref(self))
 
     def _keyspace_due(self, keyspace: Keyspace) -> int:
         """When the map holding ``keyspace`` is due again; 0 if it no longer holds it."""
@@ -285,6 +317,41 @@ class _LoadRecord:
                                      self.now)
 
 
+class _Acquire:
+    """Leased mode: top the lacking leases up in one store transaction, then spend."""
+
+    __slots__ = ("entry", "now", "plan", "size", "verifier")
+
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int, size: int) -> None:
+        self.verifier, self.entry, self.plan, self.now, self.size = verifier, entry, plan, now, size
+
+    def _step(self, states: Mapping[str, State | None]) -> tuple[dict[str, State | None], Any]:
+        lacking = self.verifier.leases.lacking(self.plan, self.now)
+        rejection, writes, grants = acquire(self.plan, states, self.now, self.size, lacking)
+        return dict(writes), (rejection, grants)
+
+    def run_sync(self) -> Any:
+        return self.verifier.store.transact(self.plan.state_keys, self._step)
+
+    async def run_async(self) -> Any:
+        return await self.verifier.astore.run(self.verifier.store.transact, self.plan.state_keys,
+                                              self._step)
+
+    def resume(self, answer: tuple[Settlement | None, dict[str, Lease]]) -> Step:
+        rejection, grants = answer
+        record = self.entry.record
+        assert record is not None  # a plan is made only for a record
+        if rejection is not None:
+            return build_result(rejection.code, record, rejection)
+        verifier = self.verifier
+        verifier.leases.grant(grants, self.now)
+        verifier._leasing()
+        settled = verifier.leases.spend(self.plan, self.now)
+        if settled is None:  # other threads spent the new lease first: lease again
+            return _Acquire(verifier, self.entry, self.plan, self.now, self.size)
+        return build_result(settled.code, record, settled)
+
+
 class _Settle:
     """Apply the plan's credits and rate limits in the store, then answer."""
 
@@ -303,6 +370,15 @@ class _Settle:
         return build_result(settlement.code, self.entry.record, settlement)
 
 
+
+
+def _release_at_exit(ref: weakref.ref[Verifier]) -> None:
+    verifier = ref()
+    if verifier is not None:
+        try:
+            verifier.release_leases()
+        except KeystileError as exc:  # the store is gone: the leased units are lost
+            logger.warning("keystile: could not give leases back at exit: %s", exc)
 
 
 def _request(fields: Mapping[str, Any]) -> VerifyRequest:
