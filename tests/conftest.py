@@ -137,6 +137,9 @@ def counting(base: type[Store]) -> type[Store]:
         def total(self) -> int:
             return sum(self.calls.values())
 
+        def native_async(self) -> None:
+            return None  # every call through the counted methods (Redis: via a thread)
+
     def wrap(name: str) -> Callable[..., Any]:
         parent = getattr(base, name)
 

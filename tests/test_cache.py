@@ -305,6 +305,9 @@ def gated(base: type[Store]) -> type[Any]:
     class Gated(base):  # type: ignore[valid-type, misc]
         blocking = True  # so the async face runs it in a worker thread, as for SQLite
 
+        def native_async(self) -> None:
+            return None  # Redis too: the gate is in the sync load_record
+
         def __init__(self, url: str) -> None:
             super().__init__(url)
             self.armed = False

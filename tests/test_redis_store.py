@@ -163,6 +163,24 @@ def test_if_redis_is_unreachable_then_verify_raises_store_unavailable_not_hangs(
     ks = Keystile(f"redis://127.0.0.1:{free_port()}/0?timeout=0.2")
     with pytest.raises(StoreUnavailableError, match="Redis"):
         ks.verify("sk_shop_3xituoZLNs2TE2YiXHbRvA")
+    ks.close()
+
+
+async def test_if_verified_under_asyncio_then_redis_is_awaited_natively_not_in_a_thread(
+    private_redis: RedisServer, clock: Clock
+) -> None:
+    ks = Keystile(private_redis.url, now=clock, cache_ttl=0)
+    api = ks.create_api("shop", prefix="sk_shop")
+    key = ks.create_key(api.id, credits=10, ratelimits=[
+        RatelimitConfig("requests", limit=50, duration=60_000, auto_apply=True)]).key
+    assert (await ks.verifier.verify_async(key)).credits == 9  # also loads the keyspace map
+    counted(ks)  # from here, count what the blocking client sends
+    before = CountingConnection.sent
+    results = [await ks.verifier.verify_async(key) for _ in range(5)]
+    assert [r.credits for r in results] == [8, 7, 6, 5, 4]
+    assert [r.ratelimits[0].remaining for r in results] == [48, 47, 46, 45, 44]
+    assert CountingConnection.sent == before  # every read and settle went through redis.asyncio
+    ks.close()
 
 
 async def test_if_redis_is_paused_then_the_middleware_answers_503_and_recovers_after(

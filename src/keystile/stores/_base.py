@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -24,7 +24,7 @@ from .._decide import Plan, Settlement, settle
 from .._models import KeyRecord, Keyspace
 from .._records import key_record_from_docs, keyspace_from_doc
 
-__all__ = ["KINDS", "AsyncStore", "Doc", "State", "Store"]
+__all__ = ["KINDS", "AsyncStore", "Doc", "NativeAsync", "State", "Store"]
 
 Doc = dict[str, Any]
 State = dict[str, Any]
@@ -144,6 +144,10 @@ class Store(abc.ABC):
 
         return self.transact(plan.state_keys, step)
 
+    def native_async(self) -> NativeAsync | None:
+        """The store's native asyncio calls, if it has any (default: none)."""
+        return None
+
     def scan_all(self, kind: str, where: tuple[str, str] | None = None) -> list[Doc]:
         docs: list[Doc] = []
         after: str | None = None
@@ -153,11 +157,21 @@ class Store(abc.ABC):
         return docs
 
 
+class NativeAsync(Protocol):
+    """What a store may do natively under asyncio, with no thread: the two hot calls."""
+
+    async def load_record(self, key_hash: str) -> KeyRecord | None: ...
+
+    async def settle(self, plan: Plan, now: int) -> Settlement: ...
+
+
 class AsyncStore:
-    """The async face of a :class:`Store`: inline if it never blocks, else in a thread."""
+    """The async face of a :class:`Store`: its native async calls where it has them
+    (Redis), else inline if it never blocks, else in a thread."""
 
     def __init__(self, store: Store) -> None:
         self.sync = store
+        self.native: NativeAsync | None = store.native_async()
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         if not self.sync.blocking:
@@ -165,10 +179,14 @@ class AsyncStore:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
     async def load_record(self, key_hash: str) -> KeyRecord | None:
+        if self.native is not None:
+            return await self.native.load_record(key_hash)
         return await self.run(self.sync.load_record, key_hash)
 
     async def load_keyspaces(self) -> list[Keyspace]:
         return await self.run(self.sync.load_keyspaces)
 
     async def settle(self, plan: Plan, now: int) -> Settlement:
+        if self.native is not None:
+            return await self.native.settle(plan, now)
         return await self.run(self.sync.settle, plan, now)

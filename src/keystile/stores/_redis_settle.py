@@ -58,6 +58,11 @@ class LuaSettle:
     def __call__(self, plan: Plan, now: int, deadline_us: int | None = None) -> Settlement:
         """Settle ``plan`` at ``now``; with ``deadline_us`` (server clock), a call the
         server runs later takes nothing and raises :class:`TooLate`."""
+        keys, args = self.arguments(plan, now, deadline_us)
+        return self.settlement(plan, self._script(keys=keys, args=args))
+
+    def arguments(self, plan: Plan, now: int, deadline_us: int | None) -> tuple[list[str], list[int]]:
+        """The script's KEYS and ARGV for ``plan`` (for callers with a client of their own)."""
         keys = [state_redis_key(self.prefix, check.state_key) for check in plan.limits]
         args = [int(now), int(plan.cost), int(plan.credits_key is not None), len(plan.limits)]
         for check in plan.limits:
@@ -66,10 +71,18 @@ class LuaSettle:
             keys.append(state_redis_key(self.prefix, plan.credits_key))
         if deadline_us is not None:
             args.append(int(deadline_us))
-        reply: list[Any] = self._script(keys=keys, args=args)
+        return keys, args
+
+    @staticmethod
+    def settlement(plan: Plan, reply: list[Any]) -> Settlement:
+        """The script's reply as a :class:`Settlement` (raises :class:`TooLate`)."""
         if reply and reply[0] in (b"LATE", "LATE"):
             raise TooLate("the settle reached Redis after its deadline; nothing was taken")
         return _settlement(plan, reply)
+
+    @staticmethod
+    def source() -> str:
+        return _source()
 
 
 def _settlement(plan: Plan, reply: list[Any]) -> Settlement:

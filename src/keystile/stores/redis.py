@@ -24,13 +24,14 @@ loses every key and API, and verifies then answer ``NOT_FOUND``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -40,11 +41,12 @@ from .._decide import Plan, Settlement
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
 from .._models import KeyRecord
 from .._records import key_record_from_docs
-from ._base import KINDS, Doc, State, Store
+from ._base import KINDS, Doc, NativeAsync, State, Store
 from ._redis_settle import LuaSettle, TooLate, state_redis_key
 
 try:
     import redis
+    import redis.asyncio
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, WatchError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -191,6 +193,8 @@ class RedisStore(Store):
         self._load_record = self.client.register_script(_LOAD_RECORD)
         self._settle = LuaSettle(self.client, self.prefix)
         self._offset_us, self._offset_due = 0, 0.0
+        self._client_url = client_url
+        self._native = _AsyncRedis(self)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -216,6 +220,7 @@ class RedisStore(Store):
     def close(self) -> None:
         self._closed.set()
         self.client.close()
+        self._native.close()
 
     # -- invalidation across instances ----------------------------------------------------
 
@@ -393,10 +398,10 @@ class RedisStore(Store):
         and answered 503, and must then take nothing, or the key pays for a request
         that was refused.
         """
-        deadline = (time.time() + self.timeout) * 1_000_000 + self._clock_offset_us()
+        deadline = self._deadline_us(self._clock_offset_us())
         with self._errors():
             try:
-                return self._settle(plan, now, int(deadline))
+                return self._settle(plan, now, deadline)
             except TooLate as exc:
                 raise StoreUnavailableError(f"Redis store: {exc}") from exc
 
@@ -416,11 +421,95 @@ class RedisStore(Store):
     def load_record(self, key_hash: str) -> KeyRecord | None:
         with self._errors():
             found = self._load_record(args=[self.prefix, key_hash])
-        if not found:
-            return None
-        key = json.loads(found[0])
-        if key.get("deleted_at") is not None:
-            return None
-        identity = json.loads(found[1]) if found[1] else None
-        roles = [json.loads(raw) for raw in found[2:]]
-        return key_record_from_docs(key, identity, roles)
+        return _record_from(found)
+
+    def native_async(self) -> NativeAsync:
+        return self._native
+
+    # -- under asyncio ----------------------------------------------------------------------
+
+    def _deadline_us(self, offset_us: int) -> int:
+        return int((time.time() + self.timeout) * 1_000_000) + offset_us
+
+
+def _record_from(found: Any) -> KeyRecord | None:
+    """The record the load script found (key, identity or "", roles...), if live."""
+    if not found:
+        return None
+    key = json.loads(found[0])
+    if key.get("deleted_at") is not None:
+        return None
+    identity = json.loads(found[1]) if found[1] else None
+    roles = [json.loads(raw) for raw in found[2:]]
+    return key_record_from_docs(key, identity, roles)
+
+
+class _AsyncRedis:
+    """The store's two hot calls on ``redis.asyncio``, so an ASGI app awaits Redis
+    itself instead of a thread: one client per event loop (its connections belong to
+    that loop)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any, Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    async def _for_loop(self) -> tuple[Any, Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        found = self._clients.get(loop)
+        if found is None:
+            store = self.store
+            client = redis.asyncio.Redis.from_url(
+                store._client_url, socket_timeout=store.timeout, socket_connect_timeout=store.timeout,
+                health_check_interval=30, retry_on_timeout=False)
+            # The loop closes its async generators before it closes itself (asyncio.run,
+            # asyncio.Runner, uvicorn, pytest-asyncio): this one closes the client then,
+            # so no socket outlives its loop.
+            closer = _close_at_loop_end(client, self._clients, loop)
+            await closer.__anext__()
+            found = (client, client.register_script(_LOAD_RECORD),
+                     client.register_script(LuaSettle.source()), closer)
+            with self._lock:
+                self._clients[loop] = found
+        return found
+
+    async def load_record(self, key_hash: str) -> KeyRecord | None:
+        _, load, _, _ = await self._for_loop()
+        with self.store._errors():
+            found = await load(args=[self.store.prefix, key_hash])
+        return _record_from(found)
+
+    async def settle(self, plan: Plan, now: int) -> Settlement:
+        store = self.store
+        client, _, script, _ = await self._for_loop()
+        with store._errors():
+            if time.monotonic() >= store._offset_due:
+                before = time.time()
+                seconds, micros = await client.time()
+                after = time.time()
+                store._offset_us = int(seconds * 1_000_000 + micros - (before + after) / 2 * 1_000_000)
+                store._offset_due = time.monotonic() + 60
+            keys, args = store._settle.arguments(plan, now, store._deadline_us(store._offset_us))
+            try:
+                return LuaSettle.settlement(plan, await script(keys=keys, args=args))
+            except TooLate as exc:
+                raise StoreUnavailableError(f"Redis store: {exc}") from exc
+
+    def close(self) -> None:
+        """Close each loop's client on its loop (where it is still running)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for loop, (client, _, _, _) in clients.items():
+            if not loop.is_closed():
+                with suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+
+async def _close_at_loop_end(
+    client: Any, clients: dict[asyncio.AbstractEventLoop, Any], loop: asyncio.AbstractEventLoop,
+) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        clients.pop(loop, None)
+        await client.aclose()
