@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from collections import Counter
@@ -13,6 +12,7 @@ import pytest
 from keystile import Code, Credits, Keystile, RatelimitConfig, Refill, ValidationError
 from keystile._decide import LimitCheck, Plan
 from keystile._lease import FOREVER, Lease, Leases, acquire, release
+from tests import procs
 from tests.conftest import T0, Clock
 
 LIMIT = RatelimitConfig("requests", 20, 60_000, auto_apply=True)
@@ -208,17 +208,7 @@ def _spend(url: str, key: str, attempts: int, crash: bool, barrier: Any, results
 
 
 def _run(url: str, key: str, attempts: int, crash: bool) -> Counter[str]:
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(4), context.Queue()
-    children = [context.Process(target=_spend, args=(url, key, attempts, crash, barrier, results))
-                for _ in range(4)]
-    for child in children:
-        child.start()
-    outcomes = [results.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=30)
-    assert [child.exitcode for child in children] == [0] * 4
-    return Counter(code for codes in outcomes for code in codes)
+    return procs.run_children(_spend, (url, key, attempts, crash), 4)
 
 
 @pytest.mark.multiprocess

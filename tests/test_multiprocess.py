@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from keystile import Code, Credits, Keystile, RatelimitConfig
+from tests import procs
 
 pytestmark = pytest.mark.multiprocess
 
@@ -30,19 +30,7 @@ def verify_many(url: str, key: str, attempts: int, now: int, barrier: Barrier, r
 
 
 def run_children(url: str, key: str, attempts: int) -> Counter[str]:
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
-    results = context.Queue()
-    children = [context.Process(target=verify_many, args=(url, key, attempts, T, barrier, results))
-                for _ in range(PROCESSES)]
-    for child in children:
-        child.start()
-    outcomes = [results.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=30)
-    assert all(isinstance(codes, list) for codes in outcomes), outcomes
-    assert [child.exitcode for child in children] == [0] * PROCESSES
-    return Counter(code for codes in outcomes for code in codes)
+    return procs.run_children(verify_many, (url, key, attempts, T), PROCESSES)
 
 
 def test_if_4_processes_spend_one_key_of_100_credits_then_exactly_100_are_valid(sqlite_url: str) -> None:

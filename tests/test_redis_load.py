@@ -5,7 +5,6 @@ Every child verifies at the same fixed moment, so the expected counts are exact.
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections import Counter
 from multiprocessing.synchronize import Barrier
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from keystile import Code, Credits, Identity, Keystile, RatelimitConfig
+from tests import procs
 
 pytestmark = pytest.mark.multiprocess
 
@@ -48,19 +48,7 @@ def verify_many(url: str, keys: list[str], attempts: int, barrier: Barrier, resu
 
 
 def run_children(url: str, keys: list[str], attempts: int) -> Counter[str]:
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
-    results = context.Queue()
-    children = [context.Process(target=verify_many, args=(url, keys, attempts, barrier, results))
-                for _ in range(PROCESSES)]
-    for child in children:
-        child.start()
-    outcomes = [results.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=30)
-    assert all(isinstance(codes, list) for codes in outcomes), outcomes
-    assert [child.exitcode for child in children] == [0] * PROCESSES
-    return Counter(code for codes in outcomes for code in codes)
+    return procs.run_children(verify_many, (url, keys, attempts), PROCESSES)
 
 
 def test_if_8_spenders_share_a_key_of_1000_credits_then_exactly_1000_are_valid(redis_store_url: str) -> None:
