@@ -24,14 +24,13 @@ loses every key and API, and verifies then answer ``NOT_FOUND``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._bus import Listener, publish, subscribe
 from .._decide import Plan, Settlement
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+from .._loops import PerLoop
 from .._models import KeyRecord
 from .._records import key_record_from_docs
 from ._base import KINDS, Doc, NativeAsync, State, Store
@@ -446,42 +446,28 @@ def _record_from(found: Any) -> KeyRecord | None:
 
 class _AsyncRedis:
     """The store's two hot calls on ``redis.asyncio``, so an ASGI app awaits Redis
-    itself instead of a thread: one client per event loop (its connections belong to
-    that loop)."""
+    itself instead of a thread: one client per event loop (see ``_loops``)."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any, Any, Any]] = {}
-        self._lock = threading.Lock()
+        self._clients: PerLoop[tuple[Any, Any, Any]] = PerLoop(self._make, _close_client)
 
-    async def _for_loop(self) -> tuple[Any, Any, Any, Any]:
-        loop = asyncio.get_running_loop()
-        found = self._clients.get(loop)
-        if found is None:
-            store = self.store
-            client = redis.asyncio.Redis.from_url(
-                store._client_url, socket_timeout=store.timeout, socket_connect_timeout=store.timeout,
-                health_check_interval=30, retry_on_timeout=False)
-            # The loop closes its async generators before it closes itself (asyncio.run,
-            # asyncio.Runner, uvicorn, pytest-asyncio): this one closes the client then,
-            # so no socket outlives its loop.
-            closer = _close_at_loop_end(client, self._clients, loop)
-            await closer.__anext__()
-            found = (client, client.register_script(_LOAD_RECORD),
-                     client.register_script(LuaSettle.source()), closer)
-            with self._lock:
-                self._clients[loop] = found
-        return found
+    def _make(self) -> tuple[Any, Any, Any]:
+        store = self.store
+        client = redis.asyncio.Redis.from_url(
+            store._client_url, socket_timeout=store.timeout, socket_connect_timeout=store.timeout,
+            health_check_interval=30, retry_on_timeout=False)
+        return client, client.register_script(_LOAD_RECORD), client.register_script(LuaSettle.source())
 
     async def load_record(self, key_hash: str) -> KeyRecord | None:
-        _, load, _, _ = await self._for_loop()
+        _, load, _ = await self._clients.get()
         with self.store._errors():
             found = await load(args=[self.store.prefix, key_hash])
         return _record_from(found)
 
     async def settle(self, plan: Plan, now: int) -> Settlement:
         store = self.store
-        client, _, script, _ = await self._for_loop()
+        client, _, script = await self._clients.get()
         with store._errors():
             if time.monotonic() >= store._offset_due:
                 before = time.time()
@@ -496,20 +482,8 @@ class _AsyncRedis:
                 raise StoreUnavailableError(f"Redis store: {exc}") from exc
 
     def close(self) -> None:
-        """Close each loop's client on its loop (where it is still running)."""
-        with self._lock:
-            clients, self._clients = self._clients, {}
-        for loop, (client, _, _, _) in clients.items():
-            if not loop.is_closed():
-                with suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        self._clients.close()
 
 
-async def _close_at_loop_end(
-    client: Any, clients: dict[asyncio.AbstractEventLoop, Any], loop: asyncio.AbstractEventLoop,
-) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        clients.pop(loop, None)
-        await client.aclose()
+async def _close_client(clients: tuple[Any, Any, Any]) -> None:
+    await clients[0].aclose()
