@@ -29,6 +29,7 @@ from ._extract import (
 from ._manage import Keystile
 from ._models import VerifyRequest, VerifyResult
 from ._problem import Problem
+from ._remote import RemoteVerifier, is_remote_url
 from ._verify import Verifier
 from .stores import Store
 
@@ -51,7 +52,7 @@ class Gate:
         self,
         *,
         store: Store | str | None = None,
-        verifier: Verifier | Keystile | None = None,
+        verifier: Verifier | RemoteVerifier | Keystile | None = None,
         header: str = "authorization",
         exclude_paths: Iterable[str] = (),
         allow_anonymous: bool = False,
@@ -81,6 +82,10 @@ class Gate:
         # here, at startup, not on a request.
         self.request = VerifyRequest(permissions=permissions, cost=cost,
                                      ratelimits=tuple(ratelimits), api_id=api_id)
+        if api_id is not None and isinstance(self.verifier, RemoteVerifier):
+            raise ConfigurationError(
+                "api_id is not checked by the remote backend: give it a root key limited to "
+                "api.<apiId>.verify_key instead")
         self.ratelimit_headers = ratelimit_headers
         self.query_param = _query_param(query_param)
         self.extractor = _extractor(extractor, self.header)
@@ -186,12 +191,16 @@ class Gate:
 
 
 def _verifier(
-    store: Store | str | None, verifier: Verifier | Keystile | None, options: dict[str, Any]
-) -> Verifier:
+    store: Store | str | None, verifier: Verifier | RemoteVerifier | Keystile | None,
+    options: dict[str, Any],
+) -> Verifier | RemoteVerifier:
     if verifier is not None:
         if store is not None or options:
             raise ConfigurationError("pass either verifier= or store= and cache options, not both")
         return verifier.verifier if isinstance(verifier, Keystile) else verifier
+    if is_remote_url(store):
+        assert isinstance(store, str)
+        return RemoteVerifier(store, **options)
     return Verifier(store, **options)
 
 
