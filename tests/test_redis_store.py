@@ -21,6 +21,7 @@ from starlette.routing import Route
 from keystile import (
     Code,
     ConfigurationError,
+    Credits,
     KeyAuthMiddleware,
     Keystile,
     RatelimitConfig,
@@ -271,3 +272,23 @@ def test_if_the_url_has_a_password_then_the_store_repr_does_not_show_it() -> Non
     store = RedisStore("redis://user:s3cret@127.0.0.1:6379/2?prefix=app:")
     assert "s3cret" not in repr(store)
     assert repr(store) == "RedisStore('redis://127.0.0.1:6379/2', prefix='app:')"
+
+
+@pytest.mark.parametrize("lease, most", [(0, 100), (50, 6)])
+def test_if_a_busy_key_is_leased_then_it_costs_a_few_round_trips_per_batch(
+    private_redis: RedisServer, clock: Clock, lease: int, most: int,
+) -> None:
+    ks = Keystile(private_redis.url, now=clock)
+    counted(ks)
+    api = ks.create_api("shop", prefix="sk_shop", lease=lease)
+    created = ks.create_key(api.id, credits=1000, ratelimits=[
+        RatelimitConfig("requests", limit=500, duration=60_000, auto_apply=True)])
+    key = created.key
+    ks.verify("sk_shop_3xituoZLNs2TE2YiXHbRvA")  # the keyspace map and the clock offset
+    assert ks.verify(key).valid  # the record, and the first lease
+    trips = round_trips(lambda: [ks.verify(key) for _ in range(100)])
+    # Exact: one EVALSHA each. Leased: a transaction (WATCH+MGET, then MULTI..EXEC) per batch.
+    assert trips == most if lease == 0 else trips <= most
+    ks.verifier.release_leases()  # what was leased and not used goes back
+    assert ks.get_key(created.key_id).credits == Credits(1000 - 101)
+    ks.close()
