@@ -292,3 +292,42 @@ def test_if_a_busy_key_is_leased_then_it_costs_a_few_round_trips_per_batch(
     ks.verifier.release_leases()  # what was leased and not used goes back
     assert ks.get_key(created.key_id).credits == Credits(1000 - 101)
     ks.close()
+
+
+def _child_verifies_until_rejected(ks: Keystile, key: str, ready: Any, done: Any) -> None:
+    assert ks.verify(key).valid  # from the cache the parent filled before the fork
+    ready.set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if ks.verify(key).code is Code.DISABLED:
+            done.put(time.time())
+            return
+        time.sleep(0.001)
+    done.put(None)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads running
+def test_if_the_process_forks_then_the_child_listens_for_invalidations_of_its_own(
+    private_redis: RedisServer,
+) -> None:
+    ks = Keystile(private_redis.url)
+    api = ks.create_api("shop", prefix="sk_shop")
+    created = ks.create_key(api.id)
+    assert ks.verify(created.key).valid  # cached, and the parent's listener runs
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Queue()
+    child = context.Process(target=_child_verifies_until_rejected, args=(ks, created.key, ready, done))
+    child.start()
+    try:
+        assert ready.wait(10), "the child did not start"
+        time.sleep(0.2)  # the child's listener subscribes
+        disabled_at = time.time()
+        other = Keystile(private_redis.url)  # another instance makes the change
+        other.update_key(created.key_id, enabled=False)
+        other.close()
+        rejected_at = done.get(timeout=15)
+        assert rejected_at is not None, "the forked child never heard of the change"
+        assert rejected_at - disabled_at < 1.0
+    finally:
+        child.join(10)
+        ks.close()

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
@@ -60,11 +61,19 @@ logger = logging.getLogger("keystile.redis")
 _PROCESS = {"origin": uuid.uuid4().hex}  # this process's own messages are delivered locally
 
 
-def _new_origin() -> None:
-    _PROCESS["origin"] = uuid.uuid4().hex  # a forked child is another instance
+_LISTENING: weakref.WeakSet[RedisStore] = weakref.WeakSet()  # stores with a listener
 
 
-os.register_at_fork(after_in_child=_new_origin)
+def _after_fork() -> None:
+    """A forked child (gunicorn --preload, multiprocessing) is another instance: a new
+    origin, and listeners of its own (threads do not survive a fork)."""
+    _PROCESS["origin"] = uuid.uuid4().hex
+    for store in list(_LISTENING):
+        if not store._closed.is_set():
+            store._start_listener()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 _WRITE_DOC = """
 local prefix, kind, id, mode, doc_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -238,10 +247,14 @@ class RedisStore(Store):
     def listen(self, listener: Listener) -> None:
         subscribe(self.url, listener)
         if self._listener is None or not self._listener.is_alive() or self._listener_pid != os.getpid():
-            self._listener_pid = os.getpid()
-            self._listener = threading.Thread(target=self._listen, name="keystile-redis-invalidate",
-                                              daemon=True)
-            self._listener.start()
+            self._start_listener()
+        _LISTENING.add(self)
+
+    def _start_listener(self) -> None:
+        self._listener_pid = os.getpid()
+        self._listener = threading.Thread(target=self._listen, name="keystile-redis-invalidate",
+                                          daemon=True)
+        self._listener.start()
 
     def _listen(self) -> None:
         """Deliver other instances' invalidations to this process's verifiers, forever."""
