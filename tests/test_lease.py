@@ -246,3 +246,26 @@ def test_if_4_leased_processes_share_100_per_10s_then_never_more_are_admitted(
 
     assert counts[Code.VALID.value] + 4 <= 100
     assert counts[Code.VALID.value] + 4 >= 100 - 4 * 8  # at most a batch per process unused
+
+
+async def test_if_16_tasks_find_the_lease_empty_at_once_then_one_batch_serves_them_all(
+    counting_store: Any, clock: Clock,
+) -> None:
+    import asyncio
+
+    ks = Keystile(counting_store, now=clock)
+    api = ks.create_api("shop", prefix="sk_shop", lease=50)
+    created = ks.create_key(api.id, credits=1000, ratelimits=[
+        RatelimitConfig("requests", 1000, 60_000, auto_apply=True)])
+    await ks.verifier.verify_async("sk_shop_3xituoZLNs2TE2YiXHbRvA")  # the keyspace map
+    assert (await ks.verifier.verify_async(created.key)).valid  # the record and a first lease
+    ks.verifier.leases.take_all()  # empty, as if spent
+    counting_store.calls.clear()
+
+    results = await asyncio.gather(*(ks.verifier.verify_async(created.key) for _ in range(16)))
+
+    assert all(result.valid for result in results)
+    assert counting_store.calls["transact"] == 1  # one batch of 50, not one per task
+    held = ks.verifier.leases.held[f"credits:{created.key_id}"]
+    assert held.balance == 50 - 16
+    ks.close()

@@ -12,16 +12,19 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
+
+import anyio.to_thread
 
 from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
-from ._lease import Lease, Leases, acquire, release
+from ._lease import Leases, acquire, release
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
@@ -64,6 +67,7 @@ class Verifier:
         self._keyspaces_generation = 0  # bumped by every keyspace invalidation
         self.store.listen(self)
         self.leases = Leases()
+        self._acquiring = threading.Lock()
         self._release_at_exit = False
 
     def __repr__(self) -> str:
@@ -318,7 +322,12 @@ class _LoadRecord:
 
 
 class _Acquire:
-    """Leased mode: top the lacking leases up in one store transaction, then spend."""
+    """Leased mode: top the lacking leases up in one store transaction, then spend.
+
+    One acquisition at a time per verifier: requests that find a lease empty while
+    another tops it up wait for it and spend from it, instead of each leasing a
+    batch of its own (and colliding in the store).
+    """
 
     __slots__ = ("entry", "now", "plan", "size", "verifier")
 
@@ -330,25 +339,32 @@ class _Acquire:
         rejection, writes, grants = acquire(self.plan, states, self.now, self.size, lacking)
         return dict(writes), (rejection, grants)
 
-    def run_sync(self) -> Any:
-        return self.verifier.store.transact(self.plan.state_keys, self._step)
+    def _locked(self) -> Settlement | None:
+        """The settlement (spent from a lease, or a rejection); ``None``: lease again."""
+        verifier = self.verifier
+        with verifier._acquiring:
+            settled = verifier.leases.spend(self.plan, self.now)
+            if settled is not None:
+                return settled  # topped up by the acquisition this one waited for
+            rejection, grants = verifier.store.transact(self.plan.state_keys, self._step)
+            if rejection is not None:
+                return cast(Settlement, rejection)
+            verifier.leases.grant(grants, self.now)
+            verifier._leasing()
+            return verifier.leases.spend(self.plan, self.now)
 
-    async def run_async(self) -> Any:
-        return await self.verifier.astore.run(self.verifier.store.transact, self.plan.state_keys,
-                                              self._step)
+    def run_sync(self) -> Settlement | None:
+        return self._locked()
 
-    def resume(self, answer: tuple[Settlement | None, dict[str, Lease]]) -> Step:
-        rejection, grants = answer
+    async def run_async(self) -> Settlement | None:
+        # Always in a thread: the lock may be held while another request's store trip runs.
+        return await anyio.to_thread.run_sync(self._locked)
+
+    def resume(self, settled: Settlement | None) -> Step:
         record = self.entry.record
         assert record is not None  # a plan is made only for a record
-        if rejection is not None:
-            return build_result(rejection.code, record, rejection)
-        verifier = self.verifier
-        verifier.leases.grant(grants, self.now)
-        verifier._leasing()
-        settled = verifier.leases.spend(self.plan, self.now)
         if settled is None:  # other threads spent the new lease first: lease again
-            return _Acquire(verifier, self.entry, self.plan, self.now, self.size)
+            return _Acquire(self.verifier, self.entry, self.plan, self.now, self.size)
         return build_result(settled.code, record, settled)
 
 
