@@ -4,6 +4,8 @@ A case builds a :class:`Target` from the shared :class:`Fixture`: the app (ASGI 
 WSGI), the headers of a valid request, and the status a request without a key and
 one with a wrong key must get. Peers are imported only when their case is built,
 so the bare and keystile cases need nothing beyond keystile's own dependencies.
+The Redis cases need a Redis server too (``KEYSTILE_BENCH_REDIS``); without one they
+are skipped with the reason, as a peer that is not installed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from starlette.middleware import Middleware
 
 from keystile import KeyAuthMiddleware
 
-from . import peers
+from . import peers, redisbench
 from .apps import IdealAuth, fastapi_app, ideal_dependency, starlette_app
 from .fixture import PERMISSION_QUERY, Fixture, KeystileSetup, wrong_key
 
-__all__ = ["CASES", "Case", "Target", "select"]
+__all__ = ["CASES", "Case", "Target", "needs_redis", "select"]
 
 Kind = Literal["bare", "ideal", "keystile", "peer"]
 IDEAL_TOKEN = "Bearer sk_ideal_0123456789abcdefghijkl"
@@ -39,6 +41,7 @@ class Target:
     interface: Literal["asgi", "wsgi"] = "asgi"
     path: str = "/"
     note: str = ""
+    round_trips: bool = False  # count the Redis round trips its requests make
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Case:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     ideal: str | None = None  # the ideal case to compare with, if not its framework's first
+    unavailable: Callable[[], str | None] | None = None  # why a service it needs is missing
 
     def missing_modules(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -161,6 +165,35 @@ def _flask(variant: Literal["bare", "keystile"]) -> Callable[[Fixture], Target]:
     return build
 
 
+def _redis(key: Literal["plain", "full"], *, lease: int = 0,
+           **verifier_options: Any) -> Callable[[Fixture], Target]:
+    """keystile's middleware on Starlette with a verifier on ``redis://`` (the fixture's
+    own, closed with it), its Redis round trips counted.
+
+    ``lease`` is the mode of the full key's credits and rate limit: 0 is exact (each
+    verify settles them in the store), N > 0 leased (the verifier takes N units per
+    store trip and spends them locally). ``verifier_options`` (``cache_ttl=0``) give the
+    case a verifier of its own.
+    """
+    permissions = None if key == "plain" else PERMISSION_QUERY
+
+    def build(fixture: Fixture) -> Target:
+        chosen = fixture.redis()
+        verifier = fixture.verifier(chosen, **verifier_options) if verifier_options else chosen.ks
+        plaintext = chosen.key if key == "plain" else (
+            fixture.leased_key(chosen, lease) if lease else chosen.full_key)
+        middleware = [Middleware(cast(Any, KeyAuthMiddleware), permissions=permissions,
+                                 verifier=verifier)]
+        return Target(starlette_app(middleware), _bearer(plaintext), _bearer(wrong_key(plaintext)),
+                      round_trips=True)
+
+    return build
+
+
+REDIS_MODULES = ("redis",)
+LEASE = 50
+
+
 def _memory(fixture: Fixture) -> KeystileSetup:
     return fixture.memory()
 
@@ -191,6 +224,19 @@ CASES: tuple[Case, ...] = (
     Case("starlette-keystile-sqlite-full", "starlette", "keystile",
          _keystile("starlette", _sqlite, key="full", by_url=True),
          description="SQLite, cache hit + permission query + credits + rate limit (settled)"),
+    Case("starlette-keystile-redis-hit", "starlette", "keystile", _redis("plain"),
+         requires=REDIS_MODULES, unavailable=redisbench.unavailable,
+         description="KeyAuthMiddleware, redis://, cache hit (no credits or limits)"),
+    Case("starlette-keystile-redis-full", "starlette", "keystile", _redis("full"),
+         requires=REDIS_MODULES, unavailable=redisbench.unavailable,
+         description="redis://, cache hit + permission query + credits + auto rate limit"
+                     " (exact: settled in Redis)"),
+    Case("starlette-keystile-redis-leased", "starlette", "keystile", _redis("full", lease=LEASE),
+         requires=REDIS_MODULES, unavailable=redisbench.unavailable,
+         description=f"redis://, as redis-full with the key in leased mode (lease={LEASE})"),
+    Case("starlette-keystile-redis-miss", "starlette", "keystile", _redis("plain", cache_ttl=0),
+         requires=REDIS_MODULES, unavailable=redisbench.unavailable,
+         description="redis://, cache disabled (cache_ttl=0): a store read per request"),
     Case("starlette-keystile-decorator", "starlette", "keystile", _decorator,
          description="@require_key on the route, no middleware, memory://, cache hit"),
     Case("starlette-authmw-dict", "starlette", "peer", peers.starlette_authentication,
@@ -228,6 +274,10 @@ CASES: tuple[Case, ...] = (
 )
 
 
+def needs_redis(case: Case) -> bool:
+    return case.unavailable is redisbench.unavailable
+
+
 def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[tuple[Case, str]]]:
     """The cases to run (baselines, and the ideal a case names, always added) and the
     skipped ones with the reason."""
@@ -246,6 +296,8 @@ def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[
             skipped.append((case, f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"))
         elif http and not case.http:
             skipped.append((case, "WSGI: in-process mode only"))
+        elif case.unavailable is not None and (reason := case.unavailable()) is not None:
+            skipped.append((case, reason))
         else:
             run.append(case)
     return run, skipped

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import report
-from .cases import CASES, Case, Target, select
+from . import redisbench, report
+from .cases import CASES, Case, Target, needs_redis, select
 from .checks import CheckFailed, check
 from .fixture import Fixture
 from .inprocess import Batch, Runner, make_runner, run_rounds
@@ -101,11 +101,14 @@ async def _check_inprocess(runners: Sequence[tuple[Case, Target, Runner]]) -> di
 def _run_inprocess(cases: Sequence[Case], fixture: Fixture, args: argparse.Namespace,
                    say: Any) -> tuple[dict[str, list[Batch]], dict[str, str]]:
     requests, rounds, warmup = _sizes(args)
+    server_cpu = redisbench.ServerCpu(redisbench.redis_url()) if any(
+        needs_redis(case) for case in cases) else None
     built = []
     for case in cases:
         say(f"building {case.name}")
         target = case.build(fixture)
-        built.append((case, target, make_runner(case, target)))
+        built.append((case, target, make_runner(case, target, server_cpu)))
+    counting = any(target.round_trips for _, target, _ in built)
 
     async def go() -> tuple[dict[str, list[Batch]], dict[str, str]]:
         checks = await _check_inprocess(built)
@@ -115,21 +118,29 @@ def _run_inprocess(cases: Sequence[Case], fixture: Fixture, args: argparse.Names
                                    seed=args.seed, progress=say)
         return batches, checks
 
-    return asyncio.run(go())
+    try:
+        if not counting:
+            return asyncio.run(go())
+        with redisbench.counting_sends():
+            return asyncio.run(go())
+    finally:
+        if server_cpu is not None:
+            server_cpu.close()
 
 
-def _run_http(cases: Sequence[Case], workdir: Path, args: argparse.Namespace,
-              say: Any) -> tuple[dict[str, list[Batch]], dict[str, str], str]:
+def _run_http(cases: Sequence[Case], fixture: Fixture, workdir: Path, args: argparse.Namespace,
+              say: Any) -> tuple[dict[str, list[Batch]], dict[str, str], dict[str, Any], str]:
     from .httpmode import run_http
 
     requests, rounds, warmup = _sizes(args)
     tool = args.loadgen
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "builtin"
-    batches, checks = run_http(cases, rounds=rounds, requests=requests, warmup=warmup,
-                               concurrency=args.concurrency, tool=tool, duration=_duration(args),
-                               seed=args.seed, workdir=workdir, progress=say)
-    return batches, checks, tool
+    batches, checks, round_trips = run_http(
+        cases, rounds=rounds, requests=requests, warmup=warmup, concurrency=args.concurrency,
+        tool=tool, duration=_duration(args), seed=args.seed, workdir=workdir, progress=say,
+        redis_prefix=fixture.redis_child_prefix)
+    return batches, checks, round_trips, tool
 
 
 def _cases(doc: dict[str, Any], fixture: Fixture, workdir: Path, args: argparse.Namespace,
@@ -137,14 +148,21 @@ def _cases(doc: dict[str, Any], fixture: Fixture, workdir: Path, args: argparse.
     patterns = [p.strip() for p in args.cases.split(",") if p.strip()] if args.cases else None
     cases, skipped = select(patterns, http=args.mode == "http")
     doc["skipped"] = [{"name": case.name, "reason": reason} for case, reason in skipped]
+    round_trips: dict[str, Any] = {}
     if args.mode == "http":
-        batches, checks, tool = _run_http(cases, workdir, args, say)
+        batches, checks, round_trips, tool = _run_http(cases, fixture, workdir, args, say)
         doc["config"].update(loadgen=tool, concurrency=args.concurrency)
         if tool == "wrk":
             doc["config"]["seconds_per_round"] = _duration(args)
     else:
         batches, checks = _run_inprocess(cases, fixture, args, say)
-    doc["cases"] = summarize(cases, batches, checks)
+    doc["cases"] = summarize(cases, batches, checks, round_trips)
+    if any(needs_redis(case) for case in cases):
+        say("reference: one EVALSHA round trip (redis-benchmark, redis.asyncio)")
+        doc["config"]["redis"] = {"url": redisbench.public_url(redisbench.redis_url()),
+                                  "prefix": fixture.redis_prefix}
+        doc["redis_reference"] = redisbench.reference(redisbench.redis_url(), quick=args.quick)
+        redisbench.compare(doc["redis_reference"], doc["cases"])
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,6 +216,8 @@ def _print_tables(doc: dict[str, Any]) -> None:
             print(peers)
     for skipped in doc["skipped"]:
         print(f"skipped {skipped['name']}: {skipped['reason']}")
+    if "redis_reference" in doc:
+        print(report.format_redis_reference(doc["redis_reference"], doc["config"]["mode"]))
     if doc["micro"]:
         ratio = doc["verify_vs_sha256"]
         print(f"\n{report.format_micro(doc['micro'])}\nverify on a cache hit / sha256:"

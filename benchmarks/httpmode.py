@@ -5,11 +5,15 @@ port of 127.0.0.1, pinned to one core when the machine has two or more; the load
 generator (``python -m benchmarks.loadgen``) runs on another core and sends a
 bounded number of requests per round (wrk: a bounded time per round). Rounds visit the cases in a new shuffled
 order each time, as in-process.
+
+The Redis cases' servers count their requests and round trips (see
+:class:`RoundTripCounts`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -24,9 +28,10 @@ from typing import Any
 
 import httpx
 
-from .cases import Case, Target
+from .cases import Case, Target, needs_redis
 from .checks import check
 from .inprocess import Batch
+from .redisbench import COUNTER_PATH, ServerCpu, redis_url
 
 __all__ = ["run_http"]
 
@@ -37,6 +42,7 @@ class Server:
     process: subprocess.Popen[str]
     port: int
     target: Target
+    round_trips: bool = False
 
     @property
     def url(self) -> str:
@@ -58,10 +64,12 @@ def _pairs(items: Any) -> tuple[tuple[str, str], ...] | None:
     return None if items is None else tuple((str(k), str(v)) for k, v in items)
 
 
-def _start(case: Case, workdir: Path) -> Server:
+def _start(case: Case, workdir: Path, redis_prefix: Callable[[str], str]) -> Server:
     port = _free_port()
     command = [sys.executable, "-m", "benchmarks.serve", "--case", case.name, "--port", str(port),
                "--workdir", str(workdir / case.name)]
+    if needs_redis(case):
+        command += ["--redis-prefix", redis_prefix(case.name)]
     cpu = _server_cpu()
     if cpu is not None:
         command += ["--cpu", str(cpu)]
@@ -74,7 +82,7 @@ def _start(case: Case, workdir: Path) -> Server:
     target = Target(None, _pairs(meta["headers"]) or (), _pairs(meta["wrong_headers"]),
                     missing_status=meta["missing_status"], wrong_status=meta["wrong_status"],
                     path=meta["path"])
-    server = Server(case, process, port, target)
+    server = Server(case, process, port, target, bool(meta.get("round_trips")))
     _wait_listening(server)
     return server
 
@@ -102,6 +110,72 @@ async def _check_all(servers: Sequence[Server]) -> dict[str, str]:
 
             results[server.case.name] = await check(server.case.name, server.target, send)
     return results
+
+
+class RoundTripCounts:
+    """The Redis cases' round trips over the timed rounds, counted by their servers.
+
+    Each counting server counts the requests it served and the round trips they made
+    (``redisbench.CountedApp``); the counts are read before the first round and after
+    the last, once the server is idle (a load generator stopped by time may leave
+    requests in flight). The Redis server's CPU time is read around each of the
+    case's loads, when it alone loads Redis.
+    """
+
+    def __init__(self, servers: Sequence[Server]) -> None:
+        self.names = {server.case.name for server in servers if server.round_trips}
+        self.client = httpx.Client(timeout=30)
+        self.server_cpu = ServerCpu(redis_url()) if self.names else None
+        self.start: dict[str, dict[str, int]] = {}
+        self.cpu_us: dict[str, float] = dict.fromkeys(self.names, 0.0)
+
+    def _read(self, server: Server) -> dict[str, int]:
+        answer: dict[str, int] = self.client.get(
+            f"http://127.0.0.1:{server.port}{COUNTER_PATH}").json()
+        return answer
+
+    def _idle(self, server: Server, timeout: float = 5.0) -> dict[str, int]:
+        counts = self._read(server)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            again = self._read(server)
+            if again == counts:
+                break
+            counts = again
+        return counts
+
+    def begin(self, servers: Sequence[Server]) -> None:
+        for server in servers:
+            if server.case.name in self.names:
+                self.start[server.case.name] = self._idle(server)
+
+    def load(self, server: Server, run: Callable[[], Batch]) -> Batch:
+        if self.server_cpu is None or server.case.name not in self.names:
+            return run()
+        before = self.server_cpu()
+        batch = run()
+        self.cpu_us[server.case.name] += self.server_cpu() - before
+        return batch
+
+    def end(self, servers: Sequence[Server]) -> dict[str, dict[str, Any]]:
+        counted = {}
+        for server in servers:
+            name = server.case.name
+            if name not in self.names:
+                continue
+            after, before = self._idle(server), self.start[name]
+            served, sent = after["requests"] - before["requests"], after["sent"] - before["sent"]
+            counted[name] = {
+                "sent": sent, "requests": served, "per_request": sent / served if served else None,
+                "server_cpu_us_per_req": self.cpu_us[name] / served if served else None,
+                "counted": "server-side, over the timed rounds"}
+        return counted
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server_cpu is not None:
+            self.server_cpu.close()
 
 
 class LoadGenerator:
@@ -148,26 +222,35 @@ def _stop(servers: Sequence[Server]) -> None:
 def run_http(
     cases: Sequence[Case], *, rounds: int, requests: int, warmup: int, concurrency: int,
     tool: str, duration: float, seed: int, workdir: Path, progress: Callable[[str], None],
-) -> tuple[dict[str, list[Batch]], dict[str, str]]:
+    redis_prefix: Callable[[str], str],
+) -> tuple[dict[str, list[Batch]], dict[str, str], dict[str, dict[str, Any]]]:
+    """The batches, the checks and the counted round trips of every case;
+    ``redis_prefix(case name)`` is the Redis key prefix of a Redis case's server."""
     servers: list[Server] = []
     loadgen = None
+    counts = None
     try:
         for case in cases:
             progress(f"starting {case.name} under uvicorn")
-            servers.append(_start(case, workdir))
+            servers.append(_start(case, workdir, redis_prefix))
         checks = asyncio.run(_check_all(servers))
         loadgen = LoadGenerator(tool, concurrency, duration)
         for server in servers:
             loadgen.load(server, warmup, duration=1.0)
+        counts = RoundTripCounts(servers)
+        counts.begin(servers)
         results: dict[str, list[Batch]] = {server.case.name: [] for server in servers}
         rng = random.Random(seed)
         for number in range(rounds):
             rng.shuffle(servers)
             for server in servers:
-                results[server.case.name].append(loadgen.load(server, requests))
+                results[server.case.name].append(
+                    counts.load(server, functools.partial(loadgen.load, server, requests)))
             progress(f"round {number + 1}/{rounds} done")
-        return results, checks
+        return results, checks, counts.end(servers)
     finally:
+        if counts is not None:
+            counts.close()
         if loadgen is not None:
             loadgen.close()
         _stop(servers)

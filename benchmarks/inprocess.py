@@ -4,7 +4,9 @@ ASGI apps are awaited with a copy of one scope, a ``receive`` that returns an em
 body and a ``send`` that only notes the status; WSGI apps are called with a copy
 of one environ. Each request is timed with ``perf_counter_ns`` around the app call
 alone; a batch's throughput is its request count over its wall time (the loop,
-the scope copy and the timing included, the same for every case).
+the scope copy and the timing included, the same for every case). A case whose
+target counts round trips is wrapped in :class:`CountingRunner`: each batch then also
+reports the Redis round trips its requests made.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, Protocol
 
 from .cases import Case, Target
 
-__all__ = ["AsgiRunner", "Batch", "Response", "Runner", "WsgiRunner", "make_runner", "run_rounds"]
+__all__ = ["AsgiRunner", "Batch", "CountingRunner", "Response", "Runner", "WsgiRunner",
+           "make_runner", "run_rounds"]
 
 Headers = Sequence[tuple[str, str]]
 _EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
@@ -36,6 +39,8 @@ class Batch:
     bad: int
     p50_us: float | None = None  # set when a tool (wrk) reports percentiles, not samples
     p99_us: float | None = None
+    round_trips: int | None = None  # Redis round trips of the batch's requests, when counted
+    server_cpu_us: float | None = None  # the Redis server's CPU time meanwhile, when read
 
     @property
     def rps(self) -> float:
@@ -170,9 +175,40 @@ def _ignore_write(data: bytes) -> None:
     pass
 
 
-def make_runner(case: Case, target: Target) -> Runner:
-    return AsgiRunner(case.name, target) if target.interface == "asgi" else WsgiRunner(
+class CountingRunner:
+    """Another runner whose batches count the Redis round trips their requests make
+    (see :mod:`benchmarks.redisbench`; the counter is set in the batch's context), and
+    with ``server_cpu`` (a clock of the server's CPU time, µs) what the server spent."""
+
+    def __init__(self, runner: Runner, server_cpu: Callable[[], float] | None = None) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.server_cpu = server_cpu
+
+    async def request(self, headers: Headers) -> Response:
+        return await self.runner.request(headers)
+
+    async def batch(self, count: int) -> Batch:
+        from .redisbench import ACTIVE, RoundTrips
+
+        counter = RoundTrips()
+        cpu_before = self.server_cpu() if self.server_cpu is not None else 0.0
+        token = ACTIVE.set(counter)
+        try:
+            batch = await self.runner.batch(count)
+        finally:
+            ACTIVE.reset(token)
+        batch.round_trips = counter.sent
+        if self.server_cpu is not None:
+            batch.server_cpu_us = self.server_cpu() - cpu_before
+        return batch
+
+
+def make_runner(case: Case, target: Target,
+                server_cpu: Callable[[], float] | None = None) -> Runner:
+    runner: Runner = AsgiRunner(case.name, target) if target.interface == "asgi" else WsgiRunner(
         case.name, target)
+    return CountingRunner(runner, server_cpu) if target.round_trips else runner
 
 
 async def run_rounds(

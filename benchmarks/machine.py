@@ -15,7 +15,8 @@ __all__ = ["machine_info"]
 PACKAGES = (
     "keystile", "starlette", "fastapi", "uvicorn", "h11", "httptools", "uvloop", "anyio",
     "cachetools", "httpx", "fastapi-key-auth", "keyshield", "aiocache", "argon2-cffi",
-    "django", "djangorestframework", "djangorestframework-api-key", "matplotlib",
+    "django", "djangorestframework", "djangorestframework-api-key", "matplotlib", "redis",
+    "hiredis",
 )
 
 

@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_micro", "format_peers", "format_scale", "format_table", "plot"]
+__all__ = ["format_micro", "format_peers", "format_redis_reference", "format_scale",
+           "format_table", "plot"]
 
 Row = dict[str, Any]
 
@@ -21,8 +22,13 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-_COLUMNS = ("case", "framework", "rps", "rps IQR", "us/req", "p50 us", "p99 us", "vs bare",
-            "vs starlette", "vs ideal", "check")
+def _trips(value: float | None) -> str:
+    """Round trips per request: blank where not counted (no Redis)."""
+    return "" if value is None else f"{value:.3f}"
+
+
+_COLUMNS = ("case", "framework", "rps", "rps IQR", "us/req", "trips/req", "p50 us", "p99 us",
+            "vs bare", "vs starlette", "vs ideal", "check")
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -37,7 +43,8 @@ def _cells(row: Row) -> list[str]:
     return [
         row["name"], row["framework"], _num(row["rps"], 0),
         f"{_num(row['rps_q1'], 0)}-{_num(row['rps_q3'], 0)}", _num(row["us_per_req"], 2),
-        _num(row["p50_us"]), _num(row["p99_us"]), _ratio(row.get("ratio_to_bare")),
+        _trips(row.get("round_trips_per_req")), _num(row["p50_us"]), _num(row["p99_us"]),
+        _ratio(row.get("ratio_to_bare")),
         _ratio(row.get("ratio_to_starlette")), _ratio(row.get("ratio_to_ideal")),
         row["check"] + ("" if row["passed"] else f" BAD x{row['bad_responses']}"),
     ]
@@ -62,6 +69,38 @@ def format_micro(items: Sequence[Row]) -> str:
     for item in items:
         value = "-" if item["ns"] is None else f"{item['ns']:,.0f}"
         lines.append(f"{item['name'].ljust(width)}  {value:>10}  {item.get('note', '')}")
+    return "\n".join(lines)
+
+
+def format_redis_reference(reference: Row, mode: str) -> str:
+    """The reference round trip, and each counted case's time per request against it."""
+    bench, python = reference["redis_benchmark"], reference["python_asyncio"]
+    lines = [f"Redis {reference['server']} at {reference['url']}, EVALSHA of {reference['script']!r}:"]
+    if "us_per_call" in bench:
+        lines.append(f"  one EVALSHA round trip, single connection: {bench['us_per_call']:.1f} µs"
+                     f" (redis-benchmark -c 1 -n {bench['requests']}: {bench['rps']:,.0f} rps,"
+                     f" p50 {bench['p50_us']:.0f} µs; server CPU"
+                     f" {bench['server_cpu_us_per_call']:.1f} µs/call)")
+    else:
+        lines.append(f"  redis-benchmark reference skipped: {bench['skipped']}")
+    lines.append(f"  one EVALSHA round trip, single connection: {python['us_per_call']:.1f} µs"
+                 f" (Python: {python['client']}; server CPU"
+                 f" {python['server_cpu_us_per_call']:.1f} µs/call)")
+    per = "µs/req (1e6 / rps" + (" at the load generator's concurrency)" if mode == "http" else ")")
+    for entry in reference.get("cases", []):
+        ratios = [f"{entry['ratio_to_python']:.2f}x the Python one"]
+        if entry.get("ratio_to_redis_benchmark") is not None:
+            ratios.insert(0, f"{entry['ratio_to_redis_benchmark']:.2f}x the redis-benchmark one")
+        server = entry.get("server_cpu_us_per_req")
+        server_cpu = "" if server is None else f", server CPU {server:.1f} µs/req"
+        lines.append(f"  {entry['name']}: {entry['us_per_req']:.1f} {per},"
+                     f" {entry['round_trips_per_req']:.3f} round trips/req{server_cpu}:"
+                     f" {', '.join(ratios)}")
+    added = reference.get("added_by_round_trips")
+    if added:
+        lines.append(f"  {added['case']} - {added['base']}: {added['us']:.1f} µs/req (the permission"
+                     f" query, the credit and limit decision, {added['round_trips_per_req']:.3f}"
+                     " round trips)")
     return "\n".join(lines)
 
 

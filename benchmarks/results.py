@@ -3,6 +3,10 @@
 Ratios are paired: cases run in the same rounds, so a ratio is the median over the
 rounds of (this case's requests per second / the reference's in the same round),
 which cancels the drift between rounds that a ratio of two medians would keep.
+
+Round trips per request (Redis cases) are counted, never assumed, over the timed
+batches (in ``--mode http`` by each case's server); the other cases have none
+(``round_trips_per_req`` is None).
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ Row = dict[str, Any]
 
 
 def summarize(cases: Sequence[Case], batches: dict[str, list[Batch]],
-              checks: dict[str, str]) -> list[Row]:
+              checks: dict[str, str], round_trips: dict[str, Row] | None = None) -> list[Row]:
+    """The rows; ``round_trips`` are counts made apart from the batches (``--mode http``)."""
     rows = [_row(case, batches[case.name], checks[case.name]) for case in cases]
+    for row in rows:
+        counted = (round_trips or {}).get(row["name"]) or _counted_in(batches[row["name"]])
+        row["round_trips"] = counted
+        row["round_trips_per_req"] = counted["per_request"] if counted else None
     by_name = {case.name: case for case in cases}
     for row in rows:
         _add_ratios(row, by_name[row["name"]], cases, batches)
@@ -43,6 +52,18 @@ def _row(case: Case, batches: list[Batch], check: str) -> Row:
         "requests": sum(batch.requests for batch in batches), "bad_responses": bad,
         "check": check, "passed": bad == 0,
     }
+
+
+def _counted_in(batches: list[Batch]) -> Row | None:
+    if not batches or any(batch.round_trips is None for batch in batches):
+        return None
+    sent = sum(batch.round_trips or 0 for batch in batches)
+    requests = sum(batch.requests for batch in batches)
+    counted: Row = {"sent": sent, "requests": requests, "per_request": sent / requests,
+                    "counted": "during the timed batches"}
+    if all(batch.server_cpu_us is not None for batch in batches):
+        counted["server_cpu_us_per_req"] = sum(b.server_cpu_us or 0.0 for b in batches) / requests
+    return counted
 
 
 def _latency(batches: list[Batch]) -> tuple[float, float]:

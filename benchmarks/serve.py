@@ -1,7 +1,9 @@
 """One case under uvicorn on 127.0.0.1, for ``--mode http`` (a process per case).
 
-It builds its own fixture (so a ``memory://`` store lives where it is served),
-prints one JSON line with what the harness needs to check and load it, then serves.
+It builds its own fixture (so a ``memory://`` store lives where it is served; Redis
+keys go under ``--redis-prefix`` and are deleted when it stops), prints one JSON line
+with what the harness needs to check and load it, then serves. A case that counts
+round trips is served inside :class:`~benchmarks.redisbench.CountedApp`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from .cases import CASES
 from .fixture import Fixture
+from .redisbench import CountedApp, counting_sends
 
 __all__ = ["main"]
 
@@ -26,18 +30,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--cpu", type=int, default=None, help="pin the server to this core")
+    parser.add_argument("--redis-prefix", default=None, help="the Redis key prefix of its keys")
     args = parser.parse_args(argv)
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     case = next(c for c in CASES if c.name == args.case)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    target = case.build(Fixture(args.workdir))
-    print(json.dumps({"headers": target.headers, "wrong_headers": target.wrong_headers,
-                      "missing_status": target.missing_status, "wrong_status": target.wrong_status,
-                      "path": target.path}), flush=True)
-    uvicorn.run(target.app, host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+    fixture = Fixture(args.workdir, redis_prefix=args.redis_prefix)
+    try:
+        target = case.build(fixture)
+        print(json.dumps({"headers": target.headers, "wrong_headers": target.wrong_headers,
+                          "missing_status": target.missing_status,
+                          "wrong_status": target.wrong_status, "path": target.path,
+                          "round_trips": target.round_trips}), flush=True)
+        if target.round_trips:
+            with counting_sends():
+                _serve(CountedApp(target.app), args.port)
+        else:
+            _serve(target.app, args.port)
+    finally:
+        fixture.close()
     return 0
+
+
+def _serve(app: Any, port: int) -> None:
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

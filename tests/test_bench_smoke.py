@@ -5,6 +5,7 @@ Timings are never asserted: they belong to the harness's report, not to tests.""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,65 @@ def test_django_cases_pass_their_checks(capsys: pytest.CaptureFixture[str]) -> N
     assert {case["name"] for case in doc["cases"]} >= {"django-drf-bare", "django-drf-api-key",
                                                        "django-drf-keystile"}
     assert_every_case_passed(doc)
+
+
+REDIS_HIT, REDIS_FULL, REDIS_MISS, REDIS_LEASED = (
+    f"starlette-keystile-redis-{name}" for name in ("hit", "full", "miss", "leased"))
+
+
+def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_reference(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str,
+) -> None:
+    import redis
+
+    monkeypatch.setenv("KEYSTILE_BENCH_REDIS", redis_url)
+
+    doc = run_harness(capsys, "--no-micro", "--cases", "redis", "--requests", "20", "--rounds", "2")
+
+    assert not doc["skipped"]
+    assert_every_case_passed(doc)
+    by_name = {case["name"]: case for case in doc["cases"]}
+    assert by_name.keys() >= {REDIS_HIT, REDIS_FULL, REDIS_MISS, REDIS_LEASED}
+    # Counted sends to Redis over the timed requests, not timings: exact.
+    assert by_name[REDIS_HIT]["round_trips_per_req"] == 0
+    assert by_name[REDIS_FULL]["round_trips_per_req"] == 1
+    assert by_name[REDIS_MISS]["round_trips_per_req"] == 1
+    assert 0 <= by_name[REDIS_LEASED]["round_trips_per_req"] < 1
+    assert by_name[REDIS_FULL]["round_trips"] == {**by_name[REDIS_FULL]["round_trips"],
+                                                 "sent": 40, "requests": 40}
+    assert by_name["starlette-bare"]["round_trips_per_req"] is None
+
+    reference = doc["redis_reference"]
+    assert reference["python_asyncio"]["us_per_call"] > 0
+    if shutil.which("redis-benchmark"):
+        assert reference["redis_benchmark"]["us_per_call"] > 0
+    else:
+        assert "not installed" in reference["redis_benchmark"]["skipped"]
+    full = next(entry for entry in reference["cases"] if entry["name"] == REDIS_FULL)
+    assert full["us_per_req"] == by_name[REDIS_FULL]["us_per_req"]
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not list(client.scan_iter(match=doc["config"]["redis"]["prefix"] + "*"))
+    finally:
+        client.close()
+
+
+def test_redis_cases_are_skipped_with_the_reason_when_no_redis_answers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("redis")
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("KEYSTILE_BENCH_REDIS", f"redis://127.0.0.1:{free_port()}/0")
+
+    doc = run_harness(capsys, "--no-micro", "--cases", "redis")
+
+    assert {case["name"] for case in doc["cases"]} == {"starlette-bare"}
+    reasons = {skipped["name"]: skipped["reason"] for skipped in doc["skipped"]}
+    assert reasons.keys() >= {REDIS_HIT, REDIS_FULL, REDIS_MISS}
+    assert all(reason.startswith("no Redis answers at") for reason in reasons.values())
+    assert "redis_reference" not in doc
 
 
 def test_plot_is_drawn(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
