@@ -172,3 +172,53 @@ def test_if_update_gets_a_refill_without_credits_then_it_is_refused(
     key_id = cli("keys", "create", "--api", api["apiId"], "--credits", "5")["keyId"]
     error = cli("keys", "update", key_id, "--refill", "daily:5", status=2)["error"]
     assert "--refill needs --credits" in error["message"]
+
+
+# -- root keys (for keystile serve) ---------------------------------------------------------------
+
+
+def test_if_a_root_key_is_created_then_it_is_printed_once_and_listed_without_it(cli: Cli) -> None:
+    created = cli("rootkeys", "create", "--permission", "api.*.verify_key",
+                  "--permission", "api.*.create_key", "--name", "ci")
+
+    listed = cli("rootkeys", "list")
+
+    assert set(created) == {"key", "keyId"} and created["key"].startswith("ks-root_")
+    assert [(k["keyId"], k["name"], k["permissions"]) for k in listed] == [
+        (created["keyId"], "ci", ["api.*.create_key", "api.*.verify_key"])]
+    assert created["key"] not in json.dumps(listed)
+
+
+def test_if_a_root_key_is_deleted_then_it_is_no_longer_listed(cli: Cli) -> None:
+    created = cli("rootkeys", "create", "--permission", "api.*.verify_key")
+
+    assert cli("rootkeys", "delete", created["keyId"]) == {"deleted": created["keyId"]}
+    assert cli("rootkeys", "list") == []
+
+
+def test_if_a_root_key_permission_is_unknown_then_exit_2_naming_the_valid_ones(cli: Cli) -> None:
+    out = cli("rootkeys", "create", "--permission", "api.*.verfy_key", status=2)
+
+    assert out["error"]["type"] == "ValidationError"
+    assert "api.*.verfy_key" in out["error"]["message"] and "verify_key" in out["error"]["message"]
+
+
+def test_if_a_user_key_id_is_given_to_rootkeys_delete_then_exit_2_and_the_key_stays(
+    cli: Cli, api: dict[str, Any],
+) -> None:
+    created = cli("keys", "create", "--api", api["apiId"])
+
+    cli("rootkeys", "delete", created["keyId"], status=2)
+
+    assert cli("keys", "get", created["keyId"])["keyId"] == created["keyId"]
+
+
+def test_if_serve_is_asked_for_help_then_it_names_host_port_and_store(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "--host" in out and "--port" in out and "--store" in out

@@ -889,3 +889,206 @@ def test_if_two_updates_of_one_key_race_then_neither_change_is_lost(
     info = ks.get_key(key_id)
     assert (info.meta, info.enabled, info.name) == ({"plan": "pro"}, False, "before")
     ks.close()
+
+
+# -- APIs without a prefix (as Unkey creates them) -------------------------------------------
+
+
+def test_if_an_api_is_created_without_a_prefix_then_keystile_picks_an_unused_one(ks: Keystile) -> None:
+    first, second = ks.create_api("one"), ks.create_api("two")
+
+    prefixes = {ks.get_keyspace(api.keyspace_id).prefix for api in (first, second)}
+
+    assert len(prefixes) == 2
+    assert all(re.fullmatch(r"k[a-z0-9]{7}", prefix) for prefix in prefixes)
+
+
+def test_if_the_first_key_of_an_auto_prefixed_api_names_a_prefix_then_the_api_takes_it(
+    ks: Keystile,
+) -> None:
+    api = ks.create_api("payments")
+
+    created = ks.create_key(api.id, prefix="sk_test")
+
+    assert created.key.startswith("sk_test_")
+    assert ks.get_keyspace(api.keyspace_id).prefix == "sk_test"
+    assert ks.verify(created.key).code is Code.VALID
+    assert ks.create_key(api.id, prefix="sk_test").key.startswith("sk_test_")
+
+
+def test_if_the_first_key_of_an_auto_prefixed_api_names_none_then_the_picked_prefix_stays(
+    ks: Keystile,
+) -> None:
+    api = ks.create_api("payments")
+    picked = ks.get_keyspace(api.keyspace_id).prefix
+
+    first = ks.create_key(api.id)
+
+    with pytest.raises(ValidationError, match="prefix"):
+        ks.create_key(api.id, prefix="sk_other")
+    assert first.key.startswith(picked + "_")
+    assert ks.verify(first.key).code is Code.VALID
+
+
+def test_if_a_key_names_another_prefix_than_its_apis_then_validation_error(
+    ks: Keystile, api_id: str,
+) -> None:
+    with pytest.raises(ValidationError, match="'sk_live', not 'sk_test'"):
+        ks.create_key(api_id, prefix="sk_test")
+
+    assert ks.create_key(api_id, prefix="sk_live").key.startswith("sk_live_")
+    assert ks.list_keys(api_id).keys[0].start.startswith("sk_live_")
+
+
+def test_if_the_first_key_claims_a_prefix_of_another_api_then_conflict_and_nothing_changes(
+    ks: Keystile, api_id: str,
+) -> None:
+    api = ks.create_api("other")
+    picked = ks.get_keyspace(api.keyspace_id).prefix
+
+    with pytest.raises(ConflictError, match="sk_live"):
+        ks.create_key(api.id, prefix="sk_live")
+
+    assert ks.get_keyspace(api.keyspace_id).prefix == picked
+    assert ks.list_keys(api.id).keys == []
+    assert ks.create_key(api.id, prefix="sk_free").key.startswith("sk_free_")
+
+
+def test_if_a_key_prefix_is_malformed_then_validation_error_before_anything_is_written(
+    ks: Keystile,
+) -> None:
+    api = ks.create_api("payments")
+
+    with pytest.raises(ValidationError, match="prefix"):
+        ks.create_key(api.id, prefix="has-dash")
+
+    assert ks.list_identities() == [] and ks.list_keys(api.id).keys == []
+
+
+# -- reroll -------------------------------------------------------------------------------
+
+
+def test_if_a_key_is_rerolled_then_the_new_key_has_its_settings_and_a_new_secret(
+    ks: Keystile, api_id: str, clock: Clock,
+) -> None:
+    ks.create_role("admin", permissions=["docs.write"])
+    old = ks.create_key(api_id, name="prod", external_id="acme", meta={"plan": "pro"},
+                        expires=clock.ms + 10 * DAY, credits=Credits(7, Refill("daily", 7)),
+                        ratelimits=[RatelimitConfig("requests", 5, 60_000, auto_apply=True)],
+                        permissions=["docs.read"], roles=["admin"], lease=0)
+    ks.verify(old.key)  # spends a credit and a rate-limit token of the old key
+
+    new = ks.reroll_key(old.key_id, expiration_ms=DAY)
+
+    before, after = ks.get_key(old.key_id), ks.get_key(new.key_id)
+    assert new.key != old.key and new.key.startswith("sk_live_") and new.key_id != old.key_id
+    same = ("api_id", "name", "meta", "enabled", "identity", "permissions", "roles", "credits")
+    assert {f: getattr(after, f) for f in same} == {f: getattr(before, f) for f in same}
+    assert (after.expires, before.expires) == (clock.ms + 10 * DAY, clock.ms + DAY)
+    assert after.credits == Credits(6, Refill("daily", 7))
+    assert [(rl.name, rl.limit, rl.duration, rl.auto_apply) for rl in after.ratelimits] == [
+        ("requests", 5, 60_000, True)]
+    assert after.ratelimits[0].id != before.ratelimits[0].id
+    result = ks.verify(new.key)
+    assert result.code is Code.VALID and result.ratelimits[0].remaining == 4  # fresh counter
+    assert ks.store.find("key", "hash", sha256_b64(new.key))["id"] == new.key_id
+
+
+def test_if_a_key_is_rerolled_with_a_grace_period_then_the_old_key_works_until_it_ends(
+    ks: Keystile, api_id: str, clock: Clock,
+) -> None:
+    old = ks.create_key(api_id)
+    ks.verify(old.key)  # cached
+
+    ks.reroll_key(old.key_id, expiration_ms=60_000)
+
+    assert ks.get_key(old.key_id).expires == clock.ms + 60_000
+    assert ks.verify(old.key).code is Code.VALID
+    clock.advance(60_001)
+    assert ks.verify(old.key).code is Code.EXPIRED
+
+
+def test_if_a_key_is_rerolled_with_expiration_zero_then_the_old_key_expires_now(
+    ks: Keystile, api_id: str, clock: Clock,
+) -> None:
+    old = ks.create_key(api_id)
+    assert ks.verify(old.key).code is Code.VALID
+
+    new = ks.reroll_key(old.key_id, expiration_ms=0)
+    clock.advance(1)
+
+    assert ks.verify(old.key).code is Code.EXPIRED
+    assert ks.verify(new.key).code is Code.VALID
+
+
+def test_if_a_reroll_grace_period_outlasts_the_old_expiry_then_the_old_expiry_stays(
+    ks: Keystile, api_id: str, clock: Clock,
+) -> None:
+    old = ks.create_key(api_id, expires=clock.ms + 1000)
+
+    ks.reroll_key(old.key_id, expiration_ms=DAY)
+
+    assert ks.get_key(old.key_id).expires == clock.ms + 1000
+
+
+def test_if_a_key_is_rerolled_with_expiration_none_then_the_old_key_keeps_its_expiry(
+    ks: Keystile, api_id: str, clock: Clock,
+) -> None:
+    forever, dated = ks.create_key(api_id), ks.create_key(api_id, expires=clock.ms + DAY)
+
+    ks.reroll_key(forever.key_id, expiration_ms=None)
+    ks.reroll_key(dated.key_id, expiration_ms=None)
+
+    assert ks.get_key(forever.key_id).expires is None
+    assert ks.get_key(dated.key_id).expires == clock.ms + DAY
+
+
+def test_if_a_key_with_unlimited_credits_is_rerolled_then_the_new_one_is_unlimited_too(
+    ks: Keystile, api_id: str,
+) -> None:
+    new = ks.reroll_key(ks.create_key(api_id).key_id, expiration_ms=0)
+
+    assert ks.get_key(new.key_id).credits is None
+    assert ks.verify(new.key).credits is None
+
+
+@pytest.mark.parametrize("expiration", [-1, 4_102_444_800_001, 1.5, True, "60000"])
+def test_if_a_reroll_expiration_is_out_of_range_then_validation_error_and_no_new_key(
+    ks: Keystile, api_id: str, expiration: Any,
+) -> None:
+    old = ks.create_key(api_id)
+
+    with pytest.raises(ValidationError, match="expiration"):
+        ks.reroll_key(old.key_id, expiration_ms=expiration)
+
+    assert [k.id for k in ks.list_keys(api_id).keys] == [old.key_id]
+
+
+def test_if_an_unknown_or_deleted_key_is_rerolled_then_not_found(ks: Keystile, api_id: str) -> None:
+    gone = ks.create_key(api_id)
+    ks.delete_key(gone.key_id)
+
+    for key_id in ("key_nope", gone.key_id):
+        with pytest.raises(NotFoundError):
+            ks.reroll_key(key_id, expiration_ms=0)
+
+
+async def test_if_the_async_face_rerolls_then_the_new_key_verifies(aks: AsyncKeystile) -> None:
+    api = await aks.create_api("a", prefix="sk_a")
+    old = await aks.create_key(api.id)
+
+    new = await aks.reroll_key(old.key_id, expiration_ms=0)
+
+    assert (await aks.verify(new.key)).valid
+
+
+# -- get_permission ------------------------------------------------------------------------
+
+
+def test_if_a_permission_is_read_by_slug_or_id_then_it_is_found(ks: Keystile) -> None:
+    created = ks.create_permission("docs.read", name="Read docs", description="reads")
+
+    assert ks.get_permission("docs.read") == created
+    assert ks.get_permission(created.id) == created
+    with pytest.raises(NotFoundError):
+        ks.get_permission("docs.none")

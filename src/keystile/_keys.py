@@ -20,6 +20,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MIN_BYTES",
     "PREFIX_PATTERN",
+    "ROOT_PREFIX",
     "generate_key",
     "hash_key",
     "key_start",
@@ -38,6 +39,10 @@ _RANDOM_PART = re.compile(
     rf"[1-9A-HJ-NP-Za-km-z]{{{_MIN_B58},{_MAX_B58}}}"
 )
 MAX_KEY_LENGTH = MAX_PREFIX_LENGTH + 1 + _MAX_B58
+
+#: The prefix of ``keystile serve``'s root keys: its ``-`` is in no user prefix, and
+#: a verifier accepts such keys only for a request naming their API.
+ROOT_PREFIX = "ks-root"
 
 
 def generate_key(prefix: str, nbytes: int) -> str:

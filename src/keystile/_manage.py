@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -43,6 +44,7 @@ from ._records import (
     role_from_doc,
 )
 from ._validate import (
+    MAX_EXPIRES,
     check_bytes,
     check_cidrs,
     check_credits,
@@ -131,32 +133,50 @@ class Keystile:
     # -- APIs and keyspaces -------------------------------------------------------------
 
     def create_api(
-        self, name: str, *, prefix: str, default_bytes: int = 16,
+        self, name: str, *, prefix: str | None = None, default_bytes: int = 16,
         store_encrypted_keys: bool = False, ip_whitelist: Iterable[str] = (),
         delete_protection: bool = False, lease: int = 0,
     ) -> Api:
         """Create an API and its keyspace; ``prefix`` must be unused by other keyspaces.
 
+        Without ``prefix`` (as Unkey's ``apis.createApi``, which knows no prefix) keystile
+        picks an unused one, and the first key created with ``create_key(prefix=...)``
+        may still choose the API's prefix (see :meth:`create_key`).
+
         ``lease`` > 0 puts its keys in leased mode: credits and rate-limit tokens are
         reserved from the store that many at a time and spent locally (see README).
         """
         check_name(name, "API name", high=256)
-        keyspace: Doc = {
-            "id": new_id("ks"), "api_id": new_id("api"), "prefix": check_prefix(prefix),
+        settings: Doc = {
+            "prefix": check_prefix(self._unused_prefix() if prefix is None else prefix),
             "default_bytes": check_bytes(default_bytes),
             "store_encrypted_keys": bool(store_encrypted_keys),
             "ip_whitelist": check_cidrs(ip_whitelist),
             "delete_protection": bool(delete_protection),
             "lease": check_lease(lease),
         }
-        if self.store.find("keyspace", "prefix", prefix) is not None:
-            raise ConflictError(f"prefix {prefix!r} is used by another keyspace")
+        if prefix is None:
+            settings["prefix_auto"] = True  # the first key may still choose another
+        return self._insert_api(name, settings)
+
+    def _insert_api(self, name: str, settings: Doc) -> Api:
+        """Store an API and its keyspace of ``settings`` (checked by the caller)."""
+        keyspace: Doc = {"id": new_id("ks"), "api_id": new_id("api"), **settings}
+        if self.store.find("keyspace", "prefix", keyspace["prefix"]) is not None:
+            raise ConflictError(f"prefix {keyspace['prefix']!r} is used by another keyspace")
         api: Doc = {"id": keyspace["api_id"], "name": name, "keyspace_id": keyspace["id"],
                     "created_at": self.now()}
         self.store.insert("keyspace", keyspace)
         self.store.insert("api", api)
         self.store.announce(None, keyspaces=True)
         return api_from_doc(api)
+
+    def _unused_prefix(self) -> str:
+        """A random prefix no keyspace has: ``k`` and 7 lowercase letters or digits."""
+        while True:
+            prefix = "k" + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(7))
+            if self.store.find("keyspace", "prefix", prefix) is None:
+                return prefix
 
     def get_api(self, api_id: str) -> Api:
         return api_from_doc(self._api_doc(api_id))
@@ -166,10 +186,13 @@ class Keystile:
         return [api_from_doc(doc) for doc in docs if doc.get("deleted_at") is None]
 
     def get_keyspace(self, keyspace_id: str) -> Keyspace:
+        return keyspace_from_doc(self._keyspace_doc(keyspace_id))
+
+    def _keyspace_doc(self, keyspace_id: str) -> Doc:
         doc = self.store.get("keyspace", keyspace_id)
         if doc is None or doc.get("deleted_at") is not None:
             raise NotFoundError(f"no keyspace {keyspace_id!r}")
-        return keyspace_from_doc(doc)
+        return doc
 
     def update_api(
         self, api_id: str, *, name: str | _Unset = UNSET,
@@ -221,18 +244,24 @@ class Keystile:
         expires: int | dt.datetime | None = None, credits: Credits | int | None = None,
         ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] = (),
         permissions: Iterable[str] = (), roles: Iterable[str] = (), enabled: bool = True,
-        lease: int | None = None,
+        lease: int | None = None, prefix: str | None = None,
     ) -> CreatedKey:
-        """Issue a key; its plaintext is in the answer and nowhere else, ever."""
+        """Issue a key; its plaintext is in the answer and nowhere else, ever.
+
+        Keys are routed by prefix, so all keys of an API share its prefix: ``prefix``,
+        when given, must be the API's, except for the first key of an API created
+        without a prefix, which gives the API this one.
+        """
+        if prefix is not None:
+            check_prefix(prefix)
         api = self._api_doc(api_id)
-        keyspace = self.get_keyspace(api["keyspace_id"])
+        keyspace_doc = self._keyspace_doc(api["keyspace_id"])
+        keyspace = keyspace_from_doc(keyspace_doc)
         nbytes = check_bytes(byte_length if byte_length is not None else keyspace.default_bytes)
-        plaintext = generate_key(keyspace.prefix, nbytes)
         credit = check_credits(credits)
         now = self.now()
         doc: Doc = {
-            "id": new_id("key"), "hash": hash_key(plaintext), "api_id": api_id,
-            "keyspace_id": keyspace.id, "start": key_start(plaintext), "created_at": now,
+            "id": new_id("key"), "api_id": api_id, "keyspace_id": keyspace.id, "created_at": now,
             "enabled": bool(enabled),
             "identity_id": self._identity_id_for(external_id),
             "credits_limited": credit is not None and credit.remaining is not None,
@@ -240,9 +269,69 @@ class Keystile:
         self._apply_key_fields(doc, name=name, meta=meta, expires=expires,
                                ratelimits=ratelimits, permissions=permissions, roles=roles,
                                lease=lease)
+        plaintext = generate_key(self._key_prefix(keyspace_doc, prefix), nbytes)
+        doc.update(hash=hash_key(plaintext), start=key_start(plaintext))
         if credit is not None:  # credits first: a key never exists without its credits
             self._write_credits(doc["id"], credit, now)
         self.store.insert("key", doc)
+        return CreatedKey(doc["id"], plaintext)
+
+    def _key_prefix(self, doc: Doc, wanted: str | None) -> str:
+        """The prefix of a new key; the first key of an auto-prefixed API fixes it."""
+        if doc.get("prefix_auto"):
+            chosen = doc["prefix"] if wanted is None else wanted
+
+            def claim(current: Doc | None) -> Doc:
+                current = current or doc
+                if not current.get("prefix_auto"):  # claimed by someone else just now
+                    return current
+                return {**current, "prefix": chosen, "prefix_auto": False}
+
+            try:
+                doc = self.store.modify("keyspace", doc["id"], claim)
+            except ConflictError:
+                raise ConflictError(f"prefix {chosen!r} is used by another API") from None
+            self.store.announce(None, keyspaces=True)
+        prefix = str(doc.get("prefix"))
+        if wanted is not None and wanted != prefix:
+            raise ValidationError(
+                f"the keys of this API have the prefix {prefix!r}, not {wanted!r}: keys are "
+                "routed by prefix, so each API has exactly one"
+            )
+        return prefix
+
+    def reroll_key(self, key_id: str, *, expiration_ms: int | None) -> CreatedKey:
+        """Replace a key with a new one of the same settings; the old one expires soon.
+
+        The new key copies the old one's name, meta, expiry, enabled flag, identity,
+        permissions, roles, lease, rate limits (with fresh counters) and credits (the
+        balance and refill as they stand). The old key then expires ``expiration_ms``
+        from now (0: at once; more gives clients a grace period to move over), never
+        later than it already would; ``None`` leaves its expiry as it is.
+        """
+        if expiration_ms is not None and (
+            isinstance(expiration_ms, bool) or not isinstance(expiration_ms, int)
+            or not 0 <= expiration_ms <= MAX_EXPIRES
+        ):
+            raise ValidationError(f"expiration must be milliseconds from 0 to {MAX_EXPIRES}")
+        old = self._key_doc(key_id)
+        keyspace = self.get_keyspace(old["keyspace_id"])
+        now = self.now()
+        plaintext = generate_key(keyspace.prefix, keyspace.default_bytes)
+        doc: Doc = {field: old[field] for field in _REROLL_COPIES if field in old}
+        doc.update(id=new_id("key"), hash=hash_key(plaintext), start=key_start(plaintext),
+                   created_at=now,
+                   ratelimits=[{**rl, "id": new_id("rl")} for rl in old.get("ratelimits") or ()])
+        state = self.store.read_states([credits_state_key(key_id)])[credits_state_key(key_id)]
+        if state is not None:
+            copied, target = apply_refill(state, now), credits_state_key(doc["id"])
+            self.store.transact([target], lambda _: ({target: dict(copied)}, None))
+        self.store.insert("key", doc)
+        if expiration_ms is not None:
+            retire_at = now + expiration_ms
+            if old.get("expires") is not None:
+                retire_at = min(retire_at, old["expires"])
+            self._save_key(key_id, {"expires": retire_at})
         return CreatedKey(doc["id"], plaintext)
 
     def get_key(self, key_id: str) -> KeyInfo:
@@ -474,6 +563,14 @@ class Keystile:
             raise ConflictError(f"permission {slug!r} exists") from None
         return permission_from_doc(doc)
 
+    def get_permission(self, permission: str) -> Permission:
+        """A permission by its slug or its id."""
+        doc = self.store.find("permission", "slug", permission) or self.store.get(
+            "permission", permission)
+        if doc is None:
+            raise NotFoundError(f"no permission {permission!r}")
+        return permission_from_doc(doc)
+
     def list_permissions(self) -> list[Permission]:
         return [permission_from_doc(doc) for doc in self.store.scan_all("permission")]
 
@@ -542,6 +639,12 @@ class Keystile:
         if missing:
             raise NotFoundError(f"no such role: {', '.join(missing)}; create roles first")
         return names
+
+
+_PREFIX_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
+# What a rerolled key takes over from the key it replaces (never its hash or plaintext).
+_REROLL_COPIES = ("api_id", "keyspace_id", "name", "meta", "expires", "enabled", "identity_id",
+                  "permissions", "roles", "lease", "credits_limited")
 
 
 def _live_key(doc: Doc | None, key_id: str) -> Doc:

@@ -14,6 +14,7 @@ from ._keys import MAX_BYTES, MIN_BYTES, PREFIX_PATTERN
 from ._models import Credits, RatelimitConfig, Refill
 
 __all__ = [
+    "MAX_EXPIRES",
     "check_bytes",
     "check_cidrs",
     "check_credits",

@@ -1,4 +1,4 @@
-"""The ``keystile`` command line: manage APIs and keys, verify, run the demo.
+"""The ``keystile`` command line: manage APIs and keys, verify, serve, run the demo.
 
 Every command takes ``--store URL`` (default ``KEYSTILE_STORE`` or
 ``sqlite:///./keystile.db``) and ``--json`` for output that scripts can rely on.
@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(store=args.store, host=args.host, port=args.port, check=args.check)
+    if args.command == "serve":
+        return _serve(args)
     try:
         with Keystile(args.store) as ks:
             handler: Handler = args.handler
@@ -59,6 +61,36 @@ def _bench(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     return int(harness.main(argv))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the Unkey-compatible server until interrupted."""
+    try:
+        import uvicorn
+
+        from .server import RootKeys, build_app
+    except ImportError as exc:
+        print(f"keystile: error: serve needs the server extra: pip install 'keystile[server]'; {exc}",
+              file=sys.stderr)
+        return 2
+    try:
+        ks = Keystile(args.store)
+        app = build_app(ks)
+        roots: RootKeys = app.state.root_keys
+        if not roots.list():
+            print("keystile serve: no root key yet, so every request gets 401; create one with\n"
+                  "  keystile rootkeys create --permission 'api.*.create_key' --permission "
+                  "'api.*.verify_key' ...", file=sys.stderr)
+    except KeystileError as exc:
+        _print_error(exc, args.json)
+        return 2
+    print(f"keystile serve: http://{args.host}:{args.port} (store: {ks.store.url}; the API is "
+          f"described at /openapi.json)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+    finally:
+        ks.close()
+    return 0
 
 
 def _print(payload: Any, as_json: bool) -> None:
@@ -241,6 +273,28 @@ def _permissions_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     return ks.create_permission(a.slug, name=a.name, description=a.description).to_dict(), 0
 
 
+def _root_keys(ks: Keystile) -> Any:
+    from .server import RootKeys
+
+    return RootKeys(ks)
+
+
+def _rootkeys_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    created = _root_keys(ks).create(a.permission, name=a.name)
+    if not a.json:
+        print("keystile: the root key is shown this once; only its hash is stored.", file=sys.stderr)
+    return created.to_dict(), 0
+
+
+def _rootkeys_list(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return _root_keys(ks).list(), 0
+
+
+def _rootkeys_delete(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    _root_keys(ks).delete(a.key_id)
+    return {"deleted": a.key_id}, 0
+
+
 # -- the parser ----------------------------------------------------------------------------
 
 
@@ -268,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--check", action="store_true",
                       help="send the demo requests, print the answers, exit 0 if all are right")
     demo.set_defaults(handler=None)
+    _add_server(groups, common)
     groups.add_parser("bench", add_help=False,
                       help="benchmark keystile against peers (keystile bench --help)")
     return parser
@@ -372,6 +427,30 @@ def _add_rbac(groups: Any, common: list[argparse.ArgumentParser]) -> None:
     perm_create.add_argument("--name")
     perm_create.add_argument("--description")
     perm_create.set_defaults(handler=_permissions_create)
+
+
+def _add_server(groups: Any, common: list[argparse.ArgumentParser]) -> None:
+    serve = groups.add_parser("serve", parents=common,
+                              help="serve Unkey's v2 API on the store (for unkey-py and other clients)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(handler=None)
+
+    rootkeys = groups.add_parser("rootkeys", help="the keys that may call keystile serve")
+    actions = rootkeys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", parents=common, help="issue a root key (shown once)")
+    create.add_argument("--permission", action="append", required=True,
+                        help="e.g. api.*.verify_key, api.<apiId>.create_key, rbac.*.create_role,"
+                             " identity.*.read_identity, ratelimit.*.limit (repeat)")
+    create.add_argument("--name")
+    create.set_defaults(handler=_rootkeys_create)
+    actions.add_parser("list", parents=common, help="root keys (never the keys themselves)"
+                       ).set_defaults(handler=_rootkeys_list)
+    delete = actions.add_parser("delete", parents=common, help="revoke a root key")
+    delete.add_argument("key_id")
+    delete.set_defaults(handler=_rootkeys_delete)
 
 
 if __name__ == "__main__":  # pragma: no cover
