@@ -228,3 +228,16 @@ def test_if_a_key_is_evicted_then_its_answer_goes_with_it_and_others_stay(ks: Ke
     ks.update_key(gone.key_id, name="renamed")
     assert set(ks.verifier.cache.answers) == {raw(kept.key)}
     assert ks.verify(gone.key).name == "renamed"
+
+
+async def test_if_a_root_key_of_keystile_serve_is_sent_to_an_app_then_it_is_401(ks: Keystile) -> None:
+    from keystile.server.rootkeys import RootKeys
+
+    api = ks.create_api("shop", prefix="sk_shop")
+    user_key = ks.create_key(api.id).key
+    root = RootKeys(ks).create(["api.*.verify_key"]).key
+    async with client(app_with(ks)) as c:
+        assert (await get(c, user_key)).status_code == 200
+        assert (await get(c, root)).status_code == 401
+    assert ks.verify(root).code.value == "NOT_FOUND"
+    assert ks.verify(root, api_id=RootKeys(ks).api_id()).valid  # asked for by its API: the server's way

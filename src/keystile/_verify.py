@@ -23,7 +23,7 @@ from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
-from ._keys import MAX_KEY_LENGTH, split_key
+from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
@@ -138,8 +138,13 @@ class Verifier:
             return answer[2]  # this route asked this of this key before: same answer
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
-        if keyspace is None or (request.api_id is not None and keyspace.api_id != request.api_id):
+        if keyspace is None:
             return _NOT_FOUND
+        if request.api_id is not None:
+            if keyspace.api_id != request.api_id:
+                return _NOT_FOUND
+        elif prefix == ROOT_PREFIX:
+            return _NOT_FOUND  # keystile serve's root keys are never an app's keys
         digest = _sha256(raw).digest()
         entry = self.cache.fresh(digest, now)
         if entry is None:
