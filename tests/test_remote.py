@@ -150,6 +150,31 @@ def test_if_the_remote_keeps_failing_then_the_breaker_fails_fast_and_recovers(en
     verifier.close()
 
 
+async def test_if_the_half_open_trial_is_cancelled_then_a_later_call_tries_again(endpoint: Endpoint) -> None:
+    import asyncio
+
+    verifier = remote(endpoint.url, failures=1, cooldown=0.1, cache_ttl=0)
+    endpoint.status = 500
+    with pytest.raises(StoreUnavailableError):
+        await verifier.verify_async(KEY)
+    endpoint.status, endpoint.delay = 200, 0.3
+    await asyncio.sleep(0.15)  # cooled down: the next call is the half-open trial
+    trial = asyncio.create_task(verifier.verify_async(KEY))
+    await asyncio.sleep(0.05)
+    trial.cancel()  # asyncio.wait_for, a cancel scope, a server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    endpoint.delay = 0
+    await asyncio.sleep(0.4)  # past the slow answer and the cooldown, many times over
+    try:
+        tried_again = (await verifier.verify_async(KEY)).valid
+    except StoreUnavailableError:
+        tried_again = False
+    finally:
+        verifier.close()
+    assert tried_again, "the remote is healthy, but the breaker stays open after a cancelled trial"
+
+
 def test_if_nothing_listens_then_connecting_is_retried_then_store_unavailable() -> None:
     verifier = remote(f"unkey+http://127.0.0.1:{free_port()}", retries=2)
     with pytest.raises(StoreUnavailableError, match="ConnectError"):

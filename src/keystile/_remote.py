@@ -66,14 +66,21 @@ class _Breaker:
         self._trial = False
         self._lock = threading.Lock()
 
-    def allow(self) -> bool:
+    def allow(self) -> bool | None:
+        """None: fail fast; False: closed, go ahead; True: go ahead as the half-open trial
+        (the caller must end it with :meth:`succeeded`, :meth:`failed` or :meth:`abandoned`)."""
         with self._lock:
             if self._count < self.failures:
-                return True
-            if time.monotonic() < self._open_until or self._trial:
                 return False
+            if time.monotonic() < self._open_until or self._trial:
+                return None
             self._trial = True  # half-open: this caller tries
             return True
+
+    def abandoned(self) -> None:
+        """The trial ended without an answer (cancelled): the next caller may try."""
+        with self._lock:
+            self._trial = False
 
     def succeeded(self) -> None:
         with self._lock:
@@ -234,6 +241,11 @@ class RemoteVerifier:
 
     def _answered(self, raw: bytes, request: VerifyRequest, result: VerifyResult) -> VerifyResult:
         now = self.now()
+        if not result.valid:
+            # Revoked, disabled, expired, out of credits: no earlier VALID may stand in for
+            # it, neither as a cache hit nor under the open_cached fail policy.
+            self.answers.pop(raw, None)
+            self._stale.pop(raw, None)
         if result.code is Code.NOT_FOUND:
             if self._negative_ms:
                 self._bounded(self._missing)[raw] = now + self._negative_ms
@@ -268,7 +280,15 @@ class RemoteVerifier:
         return httpx.AsyncClient(base_url=self.base, headers=self._headers, timeout=self.timeout)
 
     def _post_sync(self, body: dict[str, Any]) -> Mapping[str, Any]:
-        self._admit()
+        trial = self._admit()
+        try:
+            return self._exchange_sync(body)
+        except BaseException:
+            if trial:
+                self.breaker.abandoned()
+            raise
+
+    def _exchange_sync(self, body: dict[str, Any]) -> Mapping[str, Any]:
         for attempt in range(self.retries + 1):
             try:
                 response = self._client().post("/v2/keys.verifyKey", json=body)
@@ -282,7 +302,15 @@ class RemoteVerifier:
         return self._data(response)
 
     async def _post_async(self, body: dict[str, Any]) -> Mapping[str, Any]:
-        self._admit()
+        trial = self._admit()
+        try:
+            return await self._exchange_async(body)
+        except BaseException:  # a cancelled trial must not leave the breaker open for good
+            if trial:
+                self.breaker.abandoned()
+            raise
+
+    async def _exchange_async(self, body: dict[str, Any]) -> Mapping[str, Any]:
         client = await self._async.get()
         for attempt in range(self.retries + 1):
             try:
@@ -296,9 +324,11 @@ class RemoteVerifier:
                 raise self._unreachable(exc) from exc
         return self._data(response)
 
-    def _admit(self) -> None:
-        if not self.breaker.allow():
+    def _admit(self) -> bool:
+        trial = self.breaker.allow()
+        if trial is None:
             raise StoreUnavailableError(f"remote {self.url}: failing fast after repeated failures")
+        return trial
 
     def _unreachable(self, exc: Exception) -> StoreUnavailableError:
         self.breaker.failed()
