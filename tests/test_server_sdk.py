@@ -18,81 +18,20 @@ from typing import Any
 import httpx
 import pytest
 from conftest import free_port
+from served import Served, keystile_cli, serving, wait_until_live
 from unkey.py import Unkey, errors
-from unkey.py.utils import BackoffStrategy, RetryConfig
 
 from keystile import KeyAuthMiddleware, Keystile, VerifyResult
 from keystile._remote import RemoteVerifier
 
-ROOT_PERMISSIONS = [
-    "api.*.create_api", "api.*.read_api", "api.*.delete_api", "api.*.create_key", "api.*.read_key",
-    "api.*.update_key", "api.*.delete_key", "api.*.verify_key", "rbac.*.create_permission",
-    "rbac.*.read_permission", "rbac.*.create_role", "rbac.*.read_role",
-    "rbac.*.add_permission_to_role", "identity.*.create_identity", "identity.*.read_identity",
-    "identity.*.update_identity", "identity.*.delete_identity", "ratelimit.*.limit",
-]
 HOUR = 3_600_000
-NO_RETRIES = RetryConfig("none", BackoffStrategy(1, 1, 1, 1), False)
-
-
-def keystile_cli(*argv: str) -> Any:
-    done = subprocess.run([sys.executable, "-m", "keystile", *argv, "--json"], capture_output=True,
-                          text=True, timeout=60, check=True)
-    return json.loads(done.stdout)
-
-
-class Served:
-    def __init__(self, url: str, store: str, root_key: str) -> None:
-        self.url, self.store, self.root_key = url, store, root_key
-
-    @property
-    def remote_url(self) -> str:
-        return self.url.replace("http://", "unkey+http://")
-
-    def client(self, root_key: str | None = None) -> Unkey:
-        return Unkey(root_key=root_key or self.root_key, server_url=self.url, retry_config=NO_RETRIES,
-                     timeout_ms=10_000)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory: Path = tmp_path_factory.mktemp("serve")
-    store = f"sqlite:///{directory / 'keys.db'}"
-    root = keystile_cli("rootkeys", "create", "--store", store, "--name", "sdk-tests",
-                        *(arg for p in ROOT_PERMISSIONS for arg in ("--permission", p)))
-    port = free_port()
-    log = (directory / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keystile", "serve", "--store", store, "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_live(url, process)
-        yield Served(url, store, root["key"])
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-    output = (directory / "serve.log").read_text()
-    assert root["key"] not in output and "Traceback" not in output, output
-
-
-def _wait_until_live(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"keystile serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/liveness", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("keystile serve did not answer in 20 s")
+    with serving(f"sqlite:///{directory / 'keys.db'}", directory) as running:
+        yield running
 
 
 @pytest.fixture
@@ -120,7 +59,7 @@ def test_if_serve_is_started_without_a_store_then_it_serves_the_embedded_default
                                 "--log-level", "warning"], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_until_live(f"http://127.0.0.1:{port}", process)
+        wait_until_live(f"http://127.0.0.1:{port}", process)
         refused = httpx.post(f"http://127.0.0.1:{port}/v2/apis.createApi", json={"name": "x1x"},
                              headers={"authorization": "Bearer ks-root_" + "1" * 43}, timeout=5)
     finally:

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,11 +87,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     print(f"keystile serve: http://{args.host}:{args.port} (store: {ks.store.url}; the API is "
           f"described at /openapi.json)", file=sys.stderr, flush=True)
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
+    # handler it found: this one, so that the store is closed (leases returned, SQLite
+    # checkpointed) instead of the process dying of the signal.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+    except _Terminated:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         ks.close()
     return 0
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _print(payload: Any, as_json: bool) -> None:
