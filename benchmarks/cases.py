@@ -5,7 +5,8 @@ WSGI), the headers of a valid request, and the status a request without a key an
 one with a wrong key must get. Peers are imported only when their case is built,
 so the bare and keystile cases need nothing beyond keystile's own dependencies.
 The Redis cases need a Redis server too (``KEYSTILE_BENCH_REDIS``); without one they
-are skipped with the reason, as a peer that is not installed.
+are skipped with the reason, as a peer that is not installed. The remote cases start
+a ``keystile serve`` of their own (see :mod:`benchmarks.remote`), which needs uvicorn.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from . import peers, redisbench
 from .apps import IdealAuth, fastapi_app, ideal_dependency, starlette_app
 from .fixture import PERMISSION_QUERY, Fixture, KeystileSetup, wrong_key
 
-__all__ = ["CASES", "Case", "Target", "needs_redis", "select"]
+__all__ = ["CASES", "Case", "Target", "needs_redis", "needs_remote", "select"]
 
 Kind = Literal["bare", "ideal", "keystile", "peer"]
 IDEAL_TOKEN = "Bearer sk_ideal_0123456789abcdefghijkl"
@@ -41,7 +42,8 @@ class Target:
     interface: Literal["asgi", "wsgi"] = "asgi"
     path: str = "/"
     note: str = ""
-    round_trips: bool = False  # count the Redis round trips its requests make
+    round_trips: bool = False  # count the round trips its requests make
+    trips_to: Literal["redis", "remote"] = "redis"  # to Redis, or HTTP requests to keystile serve
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,29 @@ def _redis(key: Literal["plain", "full"], *, lease: int = 0,
     return build
 
 
+def _remote(key: Literal["plain", "full"]) -> Callable[[Fixture], Target]:
+    """keystile's middleware on Starlette with ``store="unkey+http://…"`` (the remote
+    backend) in front of the fixture's ``keystile serve``, its forwards counted.
+
+    The plain key spends nothing, so its VALID answer is cached (``cache_ttl``, 10 s);
+    the full key is checked against the permission query and has credits and an
+    auto-applied rate limit, so every request is forwarded to the server.
+    """
+    permissions = None if key == "plain" else PERMISSION_QUERY
+
+    def build(fixture: Fixture) -> Target:
+        server = fixture.remote()
+        middleware = [Middleware(cast(Any, KeyAuthMiddleware), store=server.store_url,
+                                 root_key=server.root_key, permissions=permissions)]
+        plaintext = server.key if key == "plain" else server.full_key
+        return Target(starlette_app(middleware), _bearer(plaintext), _bearer(wrong_key(plaintext)),
+                      round_trips=True, trips_to="remote")
+
+    return build
+
+
 REDIS_MODULES = ("redis",)
+REMOTE_MODULES = ("uvicorn",)  # keystile serve
 LEASE = 50
 
 
@@ -237,6 +261,14 @@ CASES: tuple[Case, ...] = (
     Case("starlette-keystile-redis-miss", "starlette", "keystile", _redis("plain", cache_ttl=0),
          requires=REDIS_MODULES, unavailable=redisbench.unavailable,
          description="redis://, cache disabled (cache_ttl=0): a store read per request"),
+    Case("starlette-keystile-remote-hit", "starlette", "keystile", _remote("plain"),
+         requires=REMOTE_MODULES,
+         description="store='unkey+http://…' (keystile serve on loopback), cache hit (no credits"
+                     " or limits)"),
+    Case("starlette-keystile-remote-forwarded", "starlette", "keystile", _remote("full"),
+         requires=REMOTE_MODULES,
+         description="unkey+http://…, permission query + credits + auto rate limit: every request"
+                     " forwarded to keystile serve (SQLite)"),
     Case("starlette-keystile-decorator", "starlette", "keystile", _decorator,
          description="@require_key on the route, no middleware, memory://, cache hit"),
     Case("starlette-authmw-dict", "starlette", "peer", peers.starlette_authentication,
@@ -276,6 +308,11 @@ CASES: tuple[Case, ...] = (
 
 def needs_redis(case: Case) -> bool:
     return case.unavailable is redisbench.unavailable
+
+
+def needs_remote(case: Case) -> bool:
+    """The case runs against a ``keystile serve`` of the fixture's."""
+    return case.requires == REMOTE_MODULES
 
 
 def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[tuple[Case, str]]]:

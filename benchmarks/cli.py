@@ -9,11 +9,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from . import redisbench, report
-from .cases import CASES, Case, Target, needs_redis, select
+from .cases import CASES, Case, Target, needs_redis, needs_remote, select
 from .checks import CheckFailed, check
 from .fixture import Fixture
 from .inprocess import Batch, Runner, make_runner, run_rounds
@@ -43,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few hundred requests per case")
     p.add_argument("--concurrency", type=int, default=16, help="connections in --mode http")
     p.add_argument("--loadgen", choices=["auto", "wrk", "builtin"], default="auto",
-                   help="--mode http load generator (auto: wrk if installed)")
+                   help="--mode http load generator, and the one that drives keystile serve for"
+                        " the remote cases' reference (auto: wrk if installed)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per case per round with wrk, which is bounded by time (default 1)")
     p.add_argument("--keys", type=int, action="append", default=[], metavar="N",
@@ -107,8 +109,8 @@ def _run_inprocess(cases: Sequence[Case], fixture: Fixture, args: argparse.Names
     for case in cases:
         say(f"building {case.name}")
         target = case.build(fixture)
-        built.append((case, target, make_runner(case, target, server_cpu)))
-    counting = any(target.round_trips for _, target, _ in built)
+        built.append((case, target, make_runner(case, target, server_cpu if needs_redis(case) else None)))
+    counting = {target.trips_to for _, target, _ in built if target.round_trips}
 
     async def go() -> tuple[dict[str, list[Batch]], dict[str, str]]:
         checks = await _check_inprocess(built)
@@ -119,9 +121,13 @@ def _run_inprocess(cases: Sequence[Case], fixture: Fixture, args: argparse.Names
         return batches, checks
 
     try:
-        if not counting:
-            return asyncio.run(go())
-        with redisbench.counting_sends():
+        with ExitStack() as stack:
+            if "redis" in counting:
+                stack.enter_context(redisbench.counting_sends())
+            if "remote" in counting:
+                from .remote import counting_forwards
+
+                stack.enter_context(counting_forwards())
             return asyncio.run(go())
     finally:
         if server_cpu is not None:
@@ -133,14 +139,37 @@ def _run_http(cases: Sequence[Case], fixture: Fixture, workdir: Path, args: argp
     from .httpmode import run_http
 
     requests, rounds, warmup = _sizes(args)
-    tool = args.loadgen
-    if tool == "auto":
-        tool = "wrk" if shutil.which("wrk") else "builtin"
+    tool = _loadgen(args)
     batches, checks, round_trips = run_http(
         cases, rounds=rounds, requests=requests, warmup=warmup, concurrency=args.concurrency,
         tool=tool, duration=_duration(args), seed=args.seed, workdir=workdir, progress=say,
         redis_prefix=fixture.redis_child_prefix)
     return batches, checks, round_trips, tool
+
+
+def _loadgen(args: argparse.Namespace) -> str:
+    tool: str = args.loadgen
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "builtin"
+    return tool
+
+
+def _server_reference(doc: dict[str, Any], fixture: Fixture, cases: Sequence[Case],
+                      args: argparse.Namespace, say: Any) -> None:
+    """keystile serve's own keys.verifyKey, beside the remote cases (their server in
+    --mode inprocess; in --mode http one of the harness's own, as each case's is in its
+    server process)."""
+    from . import remote
+
+    tool = _loadgen(args)
+    say(f"reference: keystile serve's own keys.verifyKey ({tool})")
+    requests, _, _ = _sizes(args)
+    doc["server_reference"] = remote.reference(
+        fixture.remote(), tool=tool, concurrency=args.concurrency, requests=requests,
+        duration=_duration(args))
+    names = {case.name for case in cases if needs_remote(case)}
+    remote.compare(doc["server_reference"], [row for row in doc["cases"] if row["name"] in names],
+                   concurrency=args.concurrency if args.mode == "http" else 1)
 
 
 def _cases(doc: dict[str, Any], fixture: Fixture, workdir: Path, args: argparse.Namespace,
@@ -162,7 +191,10 @@ def _cases(doc: dict[str, Any], fixture: Fixture, workdir: Path, args: argparse.
         doc["config"]["redis"] = {"url": redisbench.public_url(redisbench.redis_url()),
                                   "prefix": fixture.redis_prefix}
         doc["redis_reference"] = redisbench.reference(redisbench.redis_url(), quick=args.quick)
-        redisbench.compare(doc["redis_reference"], doc["cases"])
+        names = {case.name for case in cases if needs_redis(case)}
+        redisbench.compare(doc["redis_reference"], [row for row in doc["cases"] if row["name"] in names])
+    if any(needs_remote(case) for case in cases):
+        _server_reference(doc, fixture, cases, args, say)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,6 +250,8 @@ def _print_tables(doc: dict[str, Any]) -> None:
         print(f"skipped {skipped['name']}: {skipped['reason']}")
     if "redis_reference" in doc:
         print(report.format_redis_reference(doc["redis_reference"], doc["config"]["mode"]))
+    if "server_reference" in doc:
+        print(report.format_server_reference(doc["server_reference"], doc["config"]["mode"]))
     if doc["micro"]:
         ratio = doc["verify_vs_sha256"]
         print(f"\n{report.format_micro(doc['micro'])}\nverify on a cache hit / sha256:"

@@ -3,7 +3,9 @@
 In ``--mode http`` every server process builds the fixture for its one case, so a
 ``memory://`` store and its keys live in the process that serves them. The Redis
 store lives under a key prefix of the run's own (a sub-prefix per server process in
-``--mode http``), and :meth:`Fixture.close` deletes every key under it.
+``--mode http``), and :meth:`Fixture.close` deletes every key under it. The remote
+cases' ``keystile serve`` (a SQLite store of its own in ``workdir``) is started on
+first use and stopped by :meth:`Fixture.close`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keystile import Credits, Keystile, RatelimitConfig, Verifier
 
 from . import redisbench
+
+if TYPE_CHECKING:
+    from .remote import RemoteServer
 
 __all__ = ["PERMISSION_QUERY", "PREFIX", "Fixture", "KeystileSetup", "wrong_key"]
 
@@ -65,6 +70,7 @@ class Fixture:
         self._verifiers: dict[str, Verifier] = {}
         self._leased: dict[int, str] = {}
         self._redis_used = False
+        self._remote: RemoteServer | None = None
 
     def memory(self) -> KeystileSetup:
         return self._setup("memory", "memory://")
@@ -76,6 +82,19 @@ class Fixture:
         """The Redis of ``KEYSTILE_BENCH_REDIS``, under this fixture's key prefix."""
         self._redis_used = True
         return self._setup("redis", redisbench.with_prefix(redisbench.redis_url(), self.redis_prefix))
+
+    def remote(self) -> RemoteServer:
+        """A ``keystile serve`` on 127.0.0.1 whose SQLite store holds an API and the plain
+        and full keys (as :meth:`sqlite`), with a root key; stopped by :meth:`close`."""
+        if self._remote is None:
+            from . import remote
+
+            url = f"sqlite:///{self.workdir / 'keystile-remote.db'}"
+            setup = _create(url)
+            setup.ks.close()  # the server's from here on
+            self._remote = remote.start(url, self.workdir, prefix=PREFIX, key=setup.key,
+                                        full_key=setup.full_key, permission_query=PERMISSION_QUERY)
+        return self._remote
 
     def redis_child_prefix(self, name: str) -> str:
         """A sub-prefix for another process's fixture (``--mode http``); ``close`` deletes
@@ -112,6 +131,9 @@ class Fixture:
         finally:
             self._verifiers.clear()
             self._setups.clear()
+            if self._remote is not None:
+                server, self._remote = self._remote, None
+                server.stop()
             if self._redis_used:
                 self._redis_used = False
                 self._drop_redis_keys()

@@ -113,21 +113,24 @@ async def _check_all(servers: Sequence[Server]) -> dict[str, str]:
 
 
 class RoundTripCounts:
-    """The Redis cases' round trips over the timed rounds, counted by their servers.
+    """The Redis cases' round trips (the remote cases' forwards) over the timed rounds,
+    counted by their servers.
 
     Each counting server counts the requests it served and the round trips they made
     (``redisbench.CountedApp``); the counts are read before the first round and after
     the last, once the server is idle (a load generator stopped by time may leave
-    requests in flight). The Redis server's CPU time is read around each of the
-    case's loads, when it alone loads Redis.
+    requests in flight). The Redis server's CPU time is read around each of the Redis
+    cases' loads, when it alone loads Redis.
     """
 
     def __init__(self, servers: Sequence[Server]) -> None:
         self.names = {server.case.name for server in servers if server.round_trips}
+        self.redis_names = {server.case.name for server in servers
+                            if server.round_trips and needs_redis(server.case)}
         self.client = httpx.Client(timeout=30)
-        self.server_cpu = ServerCpu(redis_url()) if self.names else None
+        self.server_cpu = ServerCpu(redis_url()) if self.redis_names else None
         self.start: dict[str, dict[str, int]] = {}
-        self.cpu_us: dict[str, float] = dict.fromkeys(self.names, 0.0)
+        self.cpu_us: dict[str, float] = dict.fromkeys(self.redis_names, 0.0)
 
     def _read(self, server: Server) -> dict[str, int]:
         answer: dict[str, int] = self.client.get(
@@ -151,7 +154,7 @@ class RoundTripCounts:
                 self.start[server.case.name] = self._idle(server)
 
     def load(self, server: Server, run: Callable[[], Batch]) -> Batch:
-        if self.server_cpu is None or server.case.name not in self.names:
+        if self.server_cpu is None or server.case.name not in self.redis_names:
             return run()
         before = self.server_cpu()
         batch = run()
@@ -168,8 +171,9 @@ class RoundTripCounts:
             served, sent = after["requests"] - before["requests"], after["sent"] - before["sent"]
             counted[name] = {
                 "sent": sent, "requests": served, "per_request": sent / served if served else None,
-                "server_cpu_us_per_req": self.cpu_us[name] / served if served else None,
                 "counted": "server-side, over the timed rounds"}
+            if name in self.redis_names:
+                counted[name]["server_cpu_us_per_req"] = self.cpu_us[name] / served if served else None
         return counted
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """The load generator of ``--mode http``: a second process that the harness drives.
 
 It reads one JSON command per line on stdin and answers one JSON line on stdout:
-``{"port", "path", "headers", "requests", "duration", "concurrency", "tool"}`` ->
+``{"port", "path", "headers", "requests", "duration", "concurrency", "tool"}`` (and
+optionally ``"method"`` and ``"body"``, a string: GET without a body by default) ->
 ``{"requests", "elapsed_ns", "samples_ns" | "p50_us"/"p99_us", "bad", "tool"}``.
 ``tool`` is ``"builtin"``: raw asyncio sockets, ``concurrency`` keep-alive
 connections each sending its next request when the previous answer is read, until
@@ -34,10 +35,13 @@ end
 """
 
 
-def _request_bytes(port: int, path: str, headers: Sequence[Sequence[str]]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+def _request_bytes(port: int, path: str, headers: Sequence[Sequence[str]], method: str = "GET",
+                   body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if body or method != "GET":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -62,8 +66,8 @@ async def _read_chunked(reader: asyncio.StreamReader) -> None:
 
 
 async def run_builtin(port: int, path: str, headers: Sequence[Sequence[str]], requests: int,
-                      concurrency: int) -> dict[str, Any]:
-    payload = _request_bytes(port, path, headers)
+                      concurrency: int, method: str = "GET", body: bytes = b"") -> dict[str, Any]:
+    payload = _request_bytes(port, path, headers, method, body)
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
     remaining = [requests]
     samples: list[int] = []
@@ -89,8 +93,11 @@ async def run_builtin(port: int, path: str, headers: Sequence[Sequence[str]], re
 
 
 def run_wrk(port: int, path: str, headers: Sequence[Sequence[str]], duration: float,
-            concurrency: int) -> dict[str, Any]:
+            concurrency: int, method: str = "GET", body: bytes = b"") -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if method != "GET" or body:
+            script.write(f"wrk.method = {json.dumps(method)}\n")
+            script.write(f"wrk.body = {_lua_string(body.decode('utf-8'))}\n")
         script.write(_WRK_SCRIPT)
     try:
         command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency",
@@ -107,11 +114,20 @@ def run_wrk(port: int, path: str, headers: Sequence[Sequence[str]], duration: fl
             "bad": summary["bad"], "tool": "wrk"}
 
 
+def _lua_string(text: str) -> str:
+    """``text`` as a Lua long string, with a level of ``=`` that it does not contain."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    return f"[{'=' * level}[{text}]{'=' * level}]"
+
+
 def _handle(command: dict[str, Any]) -> dict[str, Any]:
     where = (command["port"], command["path"], command["headers"])
+    request = (command.get("method", "GET"), command.get("body", "").encode("utf-8"))
     if command["tool"] == "wrk":
-        return run_wrk(*where, command["duration"], command["concurrency"])
-    return asyncio.run(run_builtin(*where, command["requests"], command["concurrency"]))
+        return run_wrk(*where, command["duration"], command["concurrency"], *request)
+    return asyncio.run(run_builtin(*where, command["requests"], command["concurrency"], *request))
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["format_micro", "format_peers", "format_redis_reference", "format_scale",
-           "format_table", "plot"]
+           "format_server_reference", "format_table", "plot"]
 
 Row = dict[str, Any]
 
@@ -101,6 +101,25 @@ def format_redis_reference(reference: Row, mode: str) -> str:
         lines.append(f"  {added['case']} - {added['base']}: {added['us']:.1f} µs/req (the permission"
                      f" query, the credit and limit decision, {added['round_trips_per_req']:.3f}"
                      " round trips)")
+    return "\n".join(lines)
+
+
+def format_server_reference(reference: Row, mode: str) -> str:
+    """keystile serve's own verify throughput, and each remote case against it."""
+    lines = [f"{reference['server']}, POST {reference['url']} driven by {reference['loadgen']}:"]
+    for m in reference["measured"]:
+        bad = f", {m['bad']} BAD" if m["bad"] else ""
+        lines.append(f"  {m['key']}, {m['concurrency']} connection{'s' if m['concurrency'] > 1 else ''}:"
+                     f" {m['rps']:,.0f} rps, {_num(m['us_per_req'])} µs/req (1e6 / rps), p50"
+                     f" {_num(m['p50_us'])} µs, p99 {_num(m['p99_us'])} µs{bad} ({m['what']})")
+    per = "µs/req (1e6 / rps" + (" at the load generator's concurrency)" if mode == "http" else ")")
+    for entry in reference.get("cases", []):
+        against = "" if entry["ratio_to_server"] is None else (
+            f": {entry['ratio_to_server']:.2f}x the server's own verify of the {entry['key']} at"
+            f" {entry['concurrency']} connection{'s' if entry['concurrency'] > 1 else ''}")
+        forwards = "-" if entry["forwards_per_req"] is None else f"{entry['forwards_per_req']:.3f}"
+        lines.append(f"  {entry['name']}: {_num(entry['us_per_req'])} {per}, {forwards} forwards/req"
+                     f"{against}")
     return "\n".join(lines)
 
 

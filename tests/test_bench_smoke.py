@@ -153,3 +153,62 @@ def test_plot_is_drawn(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     run_harness(capsys, "--no-micro", "--cases", "starlette-bare", "--plot", str(path))
 
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+REMOTE_HIT, REMOTE_FORWARDED = (f"starlette-keystile-remote-{name}" for name in ("hit", "forwarded"))
+
+
+def test_remote_cases_count_their_forwards_and_report_the_servers_own_verify(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    pytest.importorskip("uvicorn")
+    saved = tmp_path / "bench.json"
+
+    assert main(["--quick", "--quiet", "--no-micro", "--cases", "remote", "--requests", "20",
+                 "--rounds", "2", "--loadgen", "builtin", "--concurrency", "4", "--save", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(saved.read_text())
+
+    assert not doc["skipped"]
+    assert_every_case_passed(doc)
+    by_name = {case["name"]: case for case in doc["cases"]}
+    assert by_name.keys() == {"starlette-bare", REMOTE_HIT, REMOTE_FORWARDED}
+    assert by_name[REMOTE_HIT]["check"] == by_name[REMOTE_FORWARDED]["check"] == "200/401/401"
+    # Forwards to keystile serve, counted over the timed requests: exact.
+    assert by_name[REMOTE_HIT]["round_trips_per_req"] == 0
+    assert by_name[REMOTE_FORWARDED]["round_trips"] == {**by_name[REMOTE_FORWARDED]["round_trips"],
+                                                       "sent": 40, "requests": 40}
+    reference = doc["server_reference"]
+    assert reference["loadgen"] == "builtin" and reference["url"].endswith("/v2/keys.verifyKey")
+    assert {(m["key"], m["concurrency"]) for m in reference["measured"]} == {
+        ("full key", 1), ("full key", 4), ("plain key", 1), ("plain key", 4)}
+    assert all(m["rps"] > 0 and m["bad"] == 0 and m["us_per_req"] > 0 for m in reference["measured"])
+    assert all(not m["body"]["key"].startswith("sk_") for m in reference["measured"])
+    entries = {entry["name"]: entry for entry in reference["cases"]}
+    assert entries.keys() == {REMOTE_HIT, REMOTE_FORWARDED}
+    forwarded = entries[REMOTE_FORWARDED]
+    assert (forwarded["forwards_per_req"], forwarded["key"]) == (1, "full key")
+    assert forwarded["ratio_to_server"] > 0
+    # Printed after the table: the server's own lines, then each remote case against them.
+    table_at = printed.index(REMOTE_FORWARDED)
+    reference_at = printed.index("keys.verifyKey driven by builtin")
+    assert table_at < reference_at
+    assert f"{REMOTE_FORWARDED}: " in printed[reference_at:] and "forwards/req" in printed[reference_at:]
+
+
+def test_remote_cases_are_skipped_with_the_reason_without_uvicorn(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import cases
+
+    installed = cases.Case.missing_modules
+    monkeypatch.setattr(cases.Case, "missing_modules", lambda case: [
+        *installed(case), *(["uvicorn"] if "uvicorn" in case.requires else [])])
+
+    doc = run_harness(capsys, "--no-micro", "--cases", "remote")
+
+    assert {case["name"] for case in doc["cases"]} == {"starlette-bare"}
+    reasons = {skipped["name"]: skipped["reason"] for skipped in doc["skipped"]}
+    assert reasons.keys() == {REMOTE_HIT, REMOTE_FORWARDED}
+    assert all(reason.startswith("not installed: uvicorn") for reason in reasons.values())
+    assert "server_reference" not in doc
