@@ -1092,3 +1092,95 @@ def test_if_a_permission_is_read_by_slug_or_id_then_it_is_found(ks: Keystile) ->
     assert ks.get_permission(created.id) == created
     with pytest.raises(NotFoundError):
         ks.get_permission("docs.none")
+
+
+# -- changes that must not lose a concurrent one -----------------------------------------------
+
+
+def test_if_permissions_and_roles_are_added_and_removed_then_the_others_stay(ks: Keystile) -> None:
+    ks.create_role("reader", permissions=["docs.read"])
+    ks.create_role("writer", permissions=["docs.write"])
+    key_id = ks.create_key(ks.create_api("a", prefix="sk_a").id, permissions=["a", "b"],
+                           roles=["reader"]).key_id
+
+    ks.add_permissions(key_id, ["c", "a"])
+    ks.remove_permissions(key_id, ["b", "never.had"])
+    ks.add_roles(key_id, ["writer"])
+    info = ks.remove_roles(key_id, ["reader"])
+
+    assert info.permissions == ("a", "c") and info.roles == ("writer",)
+    assert ks.get_key(key_id).permissions == ("a", "c")
+    assert {p.slug for p in ks.list_permissions()} >= {"a", "b", "c"}  # "c" was created
+    with pytest.raises(NotFoundError, match="no such role: ghost"):
+        ks.add_roles(key_id, ["ghost"])
+    with pytest.raises(ValidationError):
+        ks.add_permissions(key_id, ["bad slug!"])
+    with pytest.raises(NotFoundError):
+        ks.add_permissions("key_missing", ["a"])
+
+
+def test_if_threads_grant_permissions_to_one_key_at_once_then_every_grant_stands(ks: Keystile) -> None:
+    import threading
+
+    key_id = ks.create_key(ks.create_api("a", prefix="sk_a").id, permissions=["base"]).key_id
+    for n in range(16):
+        ks.create_permission(f"p.{n}")
+    start = threading.Barrier(8)
+
+    def grant(worker: int) -> None:
+        start.wait(10)
+        for n in range(worker, 16, 8):
+            ks.add_permissions(key_id, [f"p.{n}"])
+
+    threads = [threading.Thread(target=grant, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert set(ks.get_key(key_id).permissions) == {"base", *(f"p.{n}" for n in range(16))}
+
+
+def test_if_only_the_refill_changes_then_what_remains_stays(ks: Keystile, clock: Clock) -> None:
+    created = ks.create_key(ks.create_api("a", prefix="sk_a").id, credits=Credits(10))
+    for _ in range(3):
+        assert ks.verify(created.key).valid
+
+    after = ks.update_refill(created.key_id, Refill("daily", 50))
+    clock.advance(86_400_000)
+    refilled = ks.get_key(created.key_id).credits
+    stopped = ks.update_refill(created.key_id, None)
+
+    assert after == Credits(7, Refill("daily", 50))  # no refill at once: it counts from now
+    assert refilled is not None and refilled.remaining == 50
+    assert stopped == Credits(50)
+    unlimited = ks.create_key(ks.create_api("b", prefix="sk_b").id).key_id
+    with pytest.raises(ValidationError, match="needs limited credits"):
+        ks.update_refill(unlimited, Refill("daily", 5))
+    with pytest.raises(ValidationError, match="amount"):
+        ks.update_refill(created.key_id, Refill("daily", 0))
+
+
+def test_if_the_refill_changes_while_keys_spend_then_no_spend_is_undone(ks: Keystile) -> None:
+    import threading
+
+    created = ks.create_key(ks.create_api("a", prefix="sk_a").id, credits=Credits(1000))
+    spent: list[bool] = []
+    done = threading.Event()
+
+    def spend() -> None:
+        for _ in range(60):
+            spent.append(ks.verify(created.key).valid)
+        done.set()
+
+    spender = threading.Thread(target=spend)
+    spender.start()
+    changes = 0
+    while not done.is_set() or changes < 5:
+        ks.update_refill(created.key_id, Refill("monthly", 1000 + changes, refill_day=1))
+        changes += 1
+    spender.join(30)
+
+    credits = ks.get_key(created.key_id).credits
+    assert all(spent) and len(spent) == 60
+    assert credits is not None and credits.remaining == 1000 - 60

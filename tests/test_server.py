@@ -671,6 +671,39 @@ async def test_if_credits_are_updated_partly_then_unkeys_rules_apply(server: Ser
     assert unlimited is None
 
 
+async def test_if_only_the_refill_is_updated_then_credits_spent_stay_spent(server: Server) -> None:
+    api_id = await server.api()
+    created = await server.key(api_id, credits={"remaining": 5})
+    unlimited = await server.key(api_id)
+    for _ in range(2):
+        assert (await server.verify(created["key"]))["valid"]
+
+    await server.ok("keys.updateKey", {"keyId": created["keyId"], "credits": {}})
+    untouched = (await server.ok("keys.getKey", {"keyId": created["keyId"]}))["credits"]
+    await server.ok("keys.updateKey", {"keyId": created["keyId"], "credits": {"refill": {
+        "interval": "monthly", "amount": 20, "refillDay": 3}}})
+    refilling = (await server.ok("keys.getKey", {"keyId": created["keyId"]}))["credits"]
+    failed = await server.fail("keys.updateKey", {"keyId": unlimited["keyId"], "credits": {"refill": {
+        "interval": "daily", "amount": 5}}}, 400, "unkey/application/invalid_input")
+
+    assert untouched == {"remaining": 3}
+    assert refilling == {"remaining": 3, "refill": {"interval": "monthly", "amount": 20, "refillDay": 3}}
+    assert "limited credits" in failed["detail"]
+
+
+async def test_if_permissions_are_added_and_removed_then_the_key_keeps_the_others(server: Server) -> None:
+    created = await server.key(await server.api(), permissions=["docs.read"])
+    await server.ok("permissions.createPermission", {"name": "docs.write", "slug": "docs.write"})
+
+    added = await server.ok("keys.addPermissions", {"keyId": created["keyId"],
+                                                    "permissions": ["docs.write"]})
+    removed = await server.ok("keys.removePermissions", {"keyId": created["keyId"],
+                                                         "permissions": ["docs.read"]})
+
+    assert sorted(p["slug"] for p in added) == ["docs.read", "docs.write"]
+    assert [p["slug"] for p in removed] == ["docs.write"]
+
+
 async def test_if_rate_limits_are_replaced_then_names_kept_keep_their_ids(server: Server) -> None:
     created = await server.key(await server.api(), ratelimits=[
         {"name": "requests", "limit": 5, "duration": 60_000, "autoApply": True}])

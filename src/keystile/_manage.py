@@ -31,6 +31,7 @@ from ._models import (
     Keyspace,
     Permission,
     RatelimitConfig,
+    Refill,
     Role,
     VerifyResult,
 )
@@ -432,6 +433,57 @@ class Keystile:
         if doc.get("credits_limited") != limited:
             self._save_key(key_id, {"credits_limited": limited})
         return credits_from_state(state)  # with its refill, as Unkey answers
+
+    def update_refill(self, key_id: str, refill: Refill | None) -> Credits | None:
+        """Change how a key's credits refill, keeping what remains: one atomic step with
+        the spends, so a verify spending meanwhile is never undone. ``None`` stops refills.
+        The new schedule counts from now: its first refill is its next moment."""
+        self._key_doc(key_id)
+        now = self.now()
+        state_key = credits_state_key(key_id)
+
+        def step(states: Mapping[str, Doc | None]) -> tuple[dict[str, Doc | None], Doc]:
+            state = apply_refill(states[state_key] or new_credit_state(None, None, now), now)
+            if refill is not None:
+                check_credits(Credits(state["remaining"], refill))
+            state = {**state, "refill": refill.to_dict() if refill else None, "refilledAt": now}
+            return {state_key: state}, state
+
+        return credits_from_state(self.store.transact([state_key], step))
+
+    def add_permissions(self, key_id: str, permissions: Iterable[str]) -> KeyInfo:
+        """Grant ``permissions`` to a key (each created if missing), keeping those it has."""
+        given = self._check_key_field("permissions", permissions)
+        return self._change_key_set(key_id, "permissions", lambda have: have | set(given))
+
+    def remove_permissions(self, key_id: str, permissions: Iterable[str]) -> KeyInfo:
+        """Take ``permissions`` from a key (direct grants; its roles' stay), keeping the rest."""
+        given = set(check_slugs(permissions))
+        return self._change_key_set(key_id, "permissions", lambda have: have - given)
+
+    def add_roles(self, key_id: str, roles: Iterable[str]) -> KeyInfo:
+        """Give a key existing ``roles``, keeping those it has."""
+        given = self._check_key_field("roles", roles)
+        return self._change_key_set(key_id, "roles", lambda have: have | set(given))
+
+    def remove_roles(self, key_id: str, roles: Iterable[str]) -> KeyInfo:
+        """Take ``roles`` from a key, keeping the rest."""
+        given = set(check_slugs(roles, "role"))
+        return self._change_key_set(key_id, "roles", lambda have: have - given)
+
+    def _change_key_set(self, key_id: str, field: str,
+                        combine: Callable[[set[str]], set[str]]) -> KeyInfo:
+        """Read, combine and write one list field of a key in one atomic step, so that
+        two concurrent grants (or a grant and a removal) both stand."""
+        now = self.now()
+
+        def step(doc: Doc | None) -> Doc:
+            live = _live_key(doc, key_id)
+            return {**live, field: sorted(combine(set(live.get(field) or ()))), "updated_at": now}
+
+        doc = self.store.modify("key", key_id, step)
+        self.store.announce(doc["hash"])
+        return self._key_info(doc)
 
     def _key_doc(self, key_id: str) -> Doc:
         return _live_key(self.store.get("key", key_id), key_id)

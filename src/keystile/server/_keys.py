@@ -8,7 +8,8 @@ from typing import Any
 
 from .._errors import ConflictError, NotFoundError, ValidationError
 from .._keys import MAX_BYTES, MIN_BYTES, split_key
-from .._models import Code, KeyInfo, Permission, VerifyRequest
+from .._manage import UNSET, Keystile
+from .._models import Code, Credits, KeyInfo, Permission, Refill, VerifyRequest
 from .._validate import (
     MAX_EXPIRES,
     check_bytes,
@@ -285,8 +286,16 @@ def update_key(call: Call, body: Body) -> dict[str, Any]:
             changes[name] = None if value is None else _checked(f"body.{field}", check, *args)
     if "enabled" in body:
         changes["enabled"] = body["enabled"]
+    refill: Any = UNSET
     if "credits" in body:
-        changes["credits"] = _checked("body.credits", _updated_credits, info, body["credits"])
+        data = body["credits"]
+        if data is not None and "remaining" not in data:
+            # What remains stays: changed in one step with the spends, never read and
+            # written back (a verify spending in between would be undone).
+            if "refill" in data:
+                refill = _checked("body.credits.refill", _refill, data["refill"])
+        else:
+            changes["credits"] = _checked("body.credits", _updated_credits, body["credits"])
     if "ratelimits" in body:
         changes["ratelimits"] = _checked("body.ratelimits", lambda: check_ratelimits(
             ratelimits_from(body["ratelimits"], keep=info.ratelimits)))
@@ -295,22 +304,28 @@ def update_key(call: Call, body: Body) -> dict[str, Any]:
         require_permissions_exist(call, changes["permissions"])
     if "roles" in body:
         changes["roles"] = existing_roles(call, body["roles"], "body.roles")
+    if refill is not UNSET:
+        with at("body.credits.refill"):
+            call.ks.update_refill(info.id, refill)
     call.ks.update_key(info.id, **changes)
     return {}
 
 
-def _updated_credits(info: KeyInfo, data: dict[str, Any] | None) -> Any:
-    """Unkey's partial credit update: setting ``remaining`` drops the refill unless one is given."""
+def _updated_credits(data: dict[str, Any] | None) -> Any:
+    """Unkey's credit update with ``remaining``: it drops the refill unless one is given."""
     if data is None:
         return None
-    current = info.credits
-    remaining = data.get("remaining", current.remaining if current else None)
-    if "refill" in data:
-        refill = data["refill"]
-    else:
-        refill = None if "remaining" in data or current is None else (
-            current.refill.to_dict() if current.refill else None)
-    return check_credits(credits_from({"remaining": remaining, "refill": refill}))
+    return check_credits(credits_from({"remaining": data["remaining"], "refill": data.get("refill")}))
+
+
+def _refill(data: dict[str, Any] | None) -> Refill | None:
+    """A refill alone, its shape checked (whether the key's credits can refill is checked
+    with them)."""
+    if data is None:
+        return None
+    refill = Refill.from_dict(data)
+    check_credits(Credits(0, refill))
+    return refill
 
 
 UPDATE_KEY_REQUEST = obj({
@@ -367,23 +382,23 @@ REROLL_REQUEST = obj({
 # -- permissions and roles of a key -----------------------------------------------------------------
 
 
-def _change_permissions(combine: Callable[[set[str], set[str]], set[str]], creating: bool) -> Any:
+def _change_permissions(change: Callable[[Keystile, str, set[str]], KeyInfo], creating: bool) -> Any:
     def handler(call: Call, body: Body) -> list[dict[str, Any]]:
         info = key_for(call, body["keyId"], "update_key")
         given = set(permission_slugs(call, body["permissions"], "body.permissions"))
         if creating:
             require_permissions_exist(call, given)
-        updated = call.ks.update_key(info.id, permissions=combine(set(info.permissions), given))
+        updated = change(call.ks, info.id, given)
         return [permission.to_dict() for permission in _permissions(call, updated.permissions)]
     return handler
 
 
-def _change_roles(combine: Callable[[set[str], set[str]], set[str]], existing: bool) -> Any:
+def _change_roles(change: Callable[[Keystile, str, set[str]], KeyInfo], existing: bool) -> Any:
     def handler(call: Call, body: Body) -> list[dict[str, Any]]:
         info = key_for(call, body["keyId"], "update_key")
         names = body["roles"]
         given = set(existing_roles(call, names, "body.roles") if existing else names)
-        updated = call.ks.update_key(info.id, roles=combine(set(info.roles), given))
+        updated = change(call.ks, info.id, given)
         return [role_data(call.ks, call.ks.get_role(name)) for name in updated.roles]
     return handler
 
@@ -405,16 +420,28 @@ def _roles_request(low: int) -> dict[str, Any]:
     return obj({"keyId": ID, "roles": array(string(1, 128), low, 100)}, required=["keyId", "roles"])
 
 
-def _union(a: set[str], b: set[str]) -> set[str]:
-    return a | b
+def _add_permissions(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.add_permissions(key_id, given)
 
 
-def _minus(a: set[str], b: set[str]) -> set[str]:
-    return a - b
+def _remove_permissions(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.remove_permissions(key_id, given)
 
 
-def _replace(a: set[str], b: set[str]) -> set[str]:
-    return b
+def _set_permissions(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.update_key(key_id, permissions=sorted(given))
+
+
+def _add_roles(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.add_roles(key_id, given)
+
+
+def _remove_roles(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.remove_roles(key_id, given)
+
+
+def _set_roles(ks: Keystile, key_id: str, given: set[str]) -> KeyInfo:
+    return ks.update_key(key_id, roles=sorted(given))
 
 
 OPERATIONS = (
@@ -435,16 +462,17 @@ OPERATIONS = (
     Operation("keys.deleteKey", delete_key,
               obj({"keyId": ID, "permanent": boolean()}, required=["keyId"]), EMPTY,
               "Revoke a key", kind="key", statuses=(404,)),
-    Operation("keys.addPermissions", _change_permissions(_union, True), _permissions_request(1),
+    Operation("keys.addPermissions", _change_permissions(_add_permissions, True), _permissions_request(1),
               array(PERMISSION), "Add permissions to a key", kind="key", statuses=(404,)),
-    Operation("keys.removePermissions", _change_permissions(_minus, False), _permissions_request(1),
-              array(PERMISSION), "Remove permissions from a key", kind="key", statuses=(404,)),
-    Operation("keys.setPermissions", _change_permissions(_replace, True), _permissions_request(0),
+    Operation("keys.removePermissions", _change_permissions(_remove_permissions, False),
+              _permissions_request(1), array(PERMISSION), "Remove permissions from a key", kind="key",
+              statuses=(404,)),
+    Operation("keys.setPermissions", _change_permissions(_set_permissions, True), _permissions_request(0),
               array(PERMISSION), "Replace a key's permissions", kind="key", statuses=(404,)),
-    Operation("keys.addRoles", _change_roles(_union, True), _roles_request(1), array(ROLE),
+    Operation("keys.addRoles", _change_roles(_add_roles, True), _roles_request(1), array(ROLE),
               "Add roles to a key", kind="key", statuses=(404,)),
-    Operation("keys.removeRoles", _change_roles(_minus, False), _roles_request(1), array(ROLE),
+    Operation("keys.removeRoles", _change_roles(_remove_roles, False), _roles_request(1), array(ROLE),
               "Remove roles from a key", kind="key", statuses=(404,)),
-    Operation("keys.setRoles", _change_roles(_replace, True), _roles_request(0), array(ROLE),
+    Operation("keys.setRoles", _change_roles(_set_roles, True), _roles_request(0), array(ROLE),
               "Replace a key's roles", kind="key", statuses=(404,)),
 )
