@@ -108,3 +108,15 @@ def test_if_a_private_module_declares_all_then_every_name_in_it_exists(module_na
     declared = getattr(module, "__all__", None)
     assert declared is not None, f"{module_name} has no __all__"
     assert [name for name in declared if not hasattr(module, name)] == []
+
+
+def test_async_keystile_has_every_public_method_of_keystile_awaitable() -> None:
+    import inspect
+
+    from keystile import AsyncKeystile, Keystile
+
+    public = [name for name, value in vars(Keystile).items()
+              if not name.startswith("_") and callable(value)]
+    missing = [name for name in public if not inspect.iscoroutinefunction(getattr(AsyncKeystile, name, None))]
+
+    assert "update_refill" in public and missing == []
