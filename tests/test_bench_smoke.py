@@ -107,7 +107,8 @@ def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_refer
     # Counted sends to Redis over the timed requests, not timings: exact.
     assert by_name[REDIS_HIT]["round_trips_per_req"] == 0
     assert by_name[REDIS_FULL]["round_trips_per_req"] == 1
-    assert by_name[REDIS_MISS]["round_trips_per_req"] == 1
+    # One read per request; on a slow machine a keyspace-map reload (every 30 s) may fall in.
+    assert 1 <= by_name[REDIS_MISS]["round_trips_per_req"] < 1.1
     assert 0 <= by_name[REDIS_LEASED]["round_trips_per_req"] < 1
     assert by_name[REDIS_FULL]["round_trips"] == {**by_name[REDIS_FULL]["round_trips"],
                                                  "sent": 40, "requests": 40}

@@ -14,6 +14,7 @@ issue and manage keys.
 
 from __future__ import annotations
 
+from ._analytics import Analytics, Bucket, Event, Top
 from ._async import AsyncKeystile
 from ._decorator import require_key
 from ._errors import (
@@ -57,13 +58,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "UNSET",
+    "Analytics",
     "Api",
     "AsyncKeystile",
+    "Bucket",
     "Code",
     "ConfigurationError",
     "ConflictError",
     "CreatedKey",
     "Credits",
+    "Event",
     "Identity",
     "KeyAuthMiddleware",
     "KeyAuthWSGIMiddleware",
@@ -88,6 +92,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailableError",
+    "Top",
     "UnknownRatelimitError",
     "ValidationError",
     "Verifier",

@@ -10,6 +10,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import secrets
@@ -17,6 +18,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from ._analytics import (
+    Bucket,
+    Event,
+    EventFilter,
+    Top,
+    check_range,
+    count_buckets,
+    last_used_state_key,
+    top,
+)
 from ._credits import apply_refill, new_credit_state
 from ._decide import credits_state_key
 from ._errors import ConflictError, NotFoundError, ProtectedError, ValidationError
@@ -24,6 +35,7 @@ from ._ids import new_id, now_ms
 from ._keys import generate_key, hash_key, key_start, split_key
 from ._models import (
     Api,
+    Code,
     CreatedKey,
     Credits,
     Identity,
@@ -525,15 +537,77 @@ class Keystile:
         return self._key_infos([doc])[0]
 
     def _key_infos(self, docs: Sequence[Doc]) -> list[KeyInfo]:
-        states = self.store.read_states([credits_state_key(d["id"]) for d in docs])
+        states = self.store.read_states([name for d in docs for name in (
+            credits_state_key(d["id"]), last_used_state_key(d["id"]))])
         now = self.now()
         infos = []
         for doc in docs:
             state = states[credits_state_key(doc["id"])]
+            used = states[last_used_state_key(doc["id"])]
             identity = self.store.get("identity", doc["identity_id"]) if doc.get(
                 "identity_id") else None
-            infos.append(key_info_from_doc(doc, identity, state and apply_refill(state, now)))
+            infos.append(key_info_from_doc(doc, identity, state and apply_refill(state, now),
+                                           used["at"] if used else None))
         return infos
+
+    # -- analytics ------------------------------------------------------------------------
+
+    def verifications(
+        self, *, since: Moment, until: Moment | None = None, by: str = "hour",
+        api_id: str | None = None, keyspace_id: str | None = None, key_id: str | None = None,
+        identity: str | None = None, tags: Iterable[str] = (), codes: Iterable[str] = (),
+    ) -> list[Bucket]:
+        """Verifications per ``by`` bucket (``minute``, ``hour``, ``day``) from ``since``
+        to ``until`` (default: now), counted by outcome code, every bucket present.
+
+        ``since``/``until``: Unix ms, a datetime, or a timedelta meaning that long ago.
+        ``identity`` is an identity's id or external id; ``tags`` must all be present.
+        Events of this process still queued are written first, so they count.
+        """
+        start, end = self._range(since, until)
+        check_range(start, end, by)
+        where = _event_filter(api_id, keyspace_id, key_id, identity, tags, codes)
+        return count_buckets(self._events(start, end, where), start, end, by)
+
+    def top_keys(
+        self, *, since: Moment, until: Moment | None = None, limit: int = 10,
+        api_id: str | None = None, keyspace_id: str | None = None, identity: str | None = None,
+        tags: Iterable[str] = (), codes: Iterable[str] = (),
+    ) -> list[Top]:
+        """The keys verified most in the range, with what they spent and the credits
+        they have left now (``credits``: ``None`` when unlimited or deleted)."""
+        start, end = self._range(since, until)
+        where = _event_filter(api_id, keyspace_id, None, identity, tags, codes)
+        ranked = top(self._events(start, end, where), "key", _check_limit(limit))
+        states = self.store.read_states([credits_state_key(entry.id) for entry in ranked])
+        now = self.now()
+        out = []
+        for entry in ranked:
+            state = states[credits_state_key(entry.id)]
+            remaining = apply_refill(state, now)["remaining"] if state else None
+            out.append(dataclasses.replace(entry, credits=remaining))
+        return out
+
+    def top_identities(
+        self, *, since: Moment, until: Moment | None = None, limit: int = 10,
+        api_id: str | None = None, keyspace_id: str | None = None, tags: Iterable[str] = (),
+        codes: Iterable[str] = (),
+    ) -> list[Top]:
+        """The identities whose keys were verified most in the range."""
+        start, end = self._range(since, until)
+        where = _event_filter(api_id, keyspace_id, None, None, tags, codes)
+        return top(self._events(start, end, where), "identity", _check_limit(limit))
+
+    def _events(self, since: int, until: int, where: EventFilter) -> list[Event]:
+        events = self.verifier.events
+        if events is not None:
+            events.flush()
+        return self.store.read_events(since, until, where)
+
+    def _range(self, since: Moment, until: Moment | None) -> tuple[int, int]:
+        now = self.now()
+        end = now + 1 if until is None else _moment(until, now, "until")
+        return _moment(since, now, "since"), end
 
     # -- identities --------------------------------------------------------------------
 
@@ -697,6 +771,38 @@ _PREFIX_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
 # What a rerolled key takes over from the key it replaces (never its hash or plaintext).
 _REROLL_COPIES = ("api_id", "keyspace_id", "name", "meta", "expires", "enabled", "identity_id",
                   "permissions", "roles", "lease", "credits_limited")
+
+
+#: A point in time for the analytics queries: Unix ms, a datetime, or a timedelta ago.
+Moment = int | dt.datetime | dt.timedelta
+
+
+def _moment(value: Moment, now: int, name: str) -> int:
+    if isinstance(value, dt.timedelta):
+        return now - int(value.total_seconds() * 1000)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValidationError(f"{name} must be an aware datetime (with a time zone)")
+        return int(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{name} must be Unix ms, a datetime or a timedelta, not {value!r}")
+    return value
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValidationError("limit must be from 1 to 1000")
+    return limit
+
+
+def _event_filter(api_id: str | None, keyspace_id: str | None, key_id: str | None,
+                  identity: str | None, tags: Iterable[str], codes: Iterable[str]) -> EventFilter:
+    tags, codes = (tags,) if isinstance(tags, str) else tuple(tags), (
+        (codes,) if isinstance(codes, str) else tuple(codes))
+    unknown = [c for c in codes if c not in {code.value for code in Code}]
+    if unknown:
+        raise ValidationError(f"unknown outcome code: {', '.join(map(str, unknown))}")
+    return EventFilter(api_id, keyspace_id, key_id, identity, tags, codes)
 
 
 def _live_key(doc: Doc | None, key_id: str) -> Doc:

@@ -145,6 +145,7 @@ class KeyAuthMiddleware:
         self.gate = Gate(**options)
         self.verifier = self.gate.verifier
         self._answers = self.verifier.cache.answers
+        self._events = self.verifier.events
         self.on_error = on_error or send_problem
         self._principals = Principals()
 
@@ -166,10 +167,12 @@ class KeyAuthMiddleware:
         # The hot paths, inlined on purpose (every call here costs): _guarded does the same.
         verifier = self.verifier
         answer = self._answers.get(token)
-        if answer is not None and answer[1] is gate.request and verifier.now() < answer[0]:
+        if answer is not None and answer[1] is gate.request and (now := verifier.now()) < answer[0]:
             # This very key got this answer for this middleware's request, and it holds:
             # a static valid result, so no headers to add.
             result = answer[2]
+            if self._events is not None:
+                self._events.emit(now, result, gate.request)
             scope["keystile"] = result
             scope[VERIFIER_SCOPE_KEY] = verifier
             memo = self._principals.memo.get(id(result))

@@ -264,6 +264,8 @@ class KeyInfo:
     ratelimits: tuple[RatelimitConfig, ...] = ()
     credits: Credits | None = None
     identity: Identity | None = None
+    #: When the key was last verified (from analytics: to within a minute or so).
+    last_used_at: int | None = None
 
     def to_dict(self) -> JSON:
         out: JSON = {
@@ -278,6 +280,7 @@ class KeyInfo:
             name=self.name,
             meta=self.meta,
             updatedAt=self.updated_at,
+            lastUsedAt=self.last_used_at,
             expires=self.expires,
             credits=self.credits.to_dict() if self.credits else None,
             identity=self.identity.to_dict() if self.identity else None,

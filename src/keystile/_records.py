@@ -111,7 +111,8 @@ def key_record_from_docs(
 
 
 def key_info_from_doc(
-    key: Mapping[str, Any], identity: Mapping[str, Any] | None, credits: CreditState | None
+    key: Mapping[str, Any], identity: Mapping[str, Any] | None, credits: CreditState | None,
+    last_used_at: int | None = None,
 ) -> KeyInfo:
     return KeyInfo(
         id=key["id"],
@@ -129,4 +130,5 @@ def key_info_from_doc(
         ratelimits=ratelimits_from_docs(key.get("ratelimits")),
         credits=credits_from_state(credits),
         identity=identity_from_doc(identity) if identity else None,
+        last_used_at=last_used_at,
     )

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
+from ._analytics import Analytics, Recorder
 from ._errors import (
     ConfigurationError,
     PermissionQueryError,
@@ -120,8 +121,11 @@ class RemoteVerifier:
         self, url: str, *, root_key: str | None = None, prefixes: tuple[str, ...] | list[str] = (),
         cache_ttl: float = 10.0, negative_ttl: float = 2.0, cache_size: int = 100_000,
         timeout: float | None = None, retries: int = 2, failures: int = 3, cooldown: float = 5.0,
-        now: Callable[[], int] = now_ms,
+        analytics: bool | Analytics = False, now: Callable[[], int] = now_ms,
     ) -> None:
+        if isinstance(analytics, Analytics):
+            raise ConfigurationError("the remote backend records no analytics: the server it asks "
+                                     "records every verification it answers")
         parts = urlsplit(url)
         if not is_remote_url(url) or not parts.hostname:
             raise ConfigurationError(f"a remote URL looks like unkey+https://api.unkey.com, not {url!r}")
@@ -153,6 +157,8 @@ class RemoteVerifier:
         self.answers: dict[bytes, tuple[int, VerifyRequest, VerifyResult]] = {}
         self._missing: dict[bytes, int] = {}  # raw key bytes -> deadline of its NOT_FOUND
         self._stale: dict[bytes, tuple[int, VerifyRequest, VerifyResult]] = {}
+        #: No analytics here: the remote server records every verification it answers.
+        self.events: Recorder | None = None
         self._sync: httpx.Client | None = None
         self._sync_lock = threading.Lock()
         self._async: PerLoop[httpx.AsyncClient] = PerLoop(self._make_async, _aclose)

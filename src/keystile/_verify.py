@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol, cast
 
 import anyio.to_thread
 
+from ._analytics import Analytics, recorder_for, records_events
 from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
@@ -52,6 +53,7 @@ class Verifier:
         negative_ttl: float = 2.0,
         cache_size: int = 100_000,
         keyspace_refresh: float = 30.0,
+        analytics: bool | Analytics = True,
         now: Callable[[], int] = now_ms,
     ) -> None:
         self.store = store if isinstance(store, Store) else open_store(store)
@@ -69,6 +71,9 @@ class Verifier:
         self.leases = Leases()
         self._acquiring = threading.Lock()
         self._release_at_exit = False
+        #: Where each verification's event goes (``analytics=False``, or a store that
+        #: records none: ``None``).
+        self.events = recorder_for(self.store, analytics, now) if records_events(self.store) else None
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"
@@ -109,11 +114,18 @@ class Verifier:
         return await self.finish_async(self.start(key, request, ip), stale_ms)
 
     def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
+        if isinstance(step, VerifyResult):
+            return step  # answered by start(), which recorded it
+        if isinstance(step, VerifyResult):
+            return step  # answered by start(), which recorded it
+        request = step.request
         while not isinstance(step, VerifyResult):
             try:
                 step = step.resume(step.run_sync())
             except StoreUnavailableError as error:
                 step = self._fall_back(step, error, stale_ms)
+        if self.events is not None:
+            self.events.emit(self.now(), step, request)
         return step
 
     # -- the steps -------------------------------------------------------------------
@@ -128,6 +140,12 @@ class Verifier:
         """
         if now is None:
             now = self.now()
+        step = self._begin(key, request, ip, now)
+        if self.events is not None and type(step) is VerifyResult:
+            self.events.emit(now, step, request)
+        return step
+
+    def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
         if type(key) is not str or len(key) > MAX_KEY_LENGTH:
@@ -159,16 +177,27 @@ class Verifier:
         hashing, since only a key that passed every check gets an answer remembered.
         """
         answer = self.cache.answers.get(key)
-        if answer is not None and answer[1] is request and self.now() < answer[0]:
-            return answer[2]
+        if answer is not None and answer[1] is request:
+            now = self.now()
+            if now < answer[0]:
+                if self.events is not None:
+                    self.events.emit(now, answer[2], request)
+                return answer[2]
         return None
 
     async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
+        if isinstance(step, VerifyResult):
+            return step  # answered by start(), which recorded it
+        if isinstance(step, VerifyResult):
+            return step  # answered by start(), which recorded it
+        request = step.request
         while not isinstance(step, VerifyResult):
             try:
                 step = step.resume(await step.run_async())
             except StoreUnavailableError as error:
                 step = self._fall_back(step, error, stale_ms)
+        if self.events is not None:
+            self.events.emit(self.now(), step, request)
         return step
 
     def _fall_back(self, step: Step, error: StoreUnavailableError, stale_ms: int | None) -> Step:
@@ -180,7 +209,7 @@ class Verifier:
         if isinstance(step, _LoadKeyspaces) and self._by_prefix:
             # Go on with the last map; ask the store again in a second.
             self._keyspaces_due = now + min(self._refresh_ms, 1000)
-            return self.start(step.key, step.request, step.ip, now)
+            return self._begin(step.key, step.request, step.ip, now)
         if isinstance(step, _LoadRecord):
             entry = self.cache.stale(step.digest, now, stale_ms)
             if entry is not None and entry.record is not None:
@@ -228,8 +257,8 @@ class Verifier:
             settled = self.leases.spend(plan, now)
             if settled is not None:
                 return build_result(settled.code, record, settled)
-            return _Acquire(self, entry, plan, now, size)
-        return _Settle(self, entry, plan, now)
+            return _Acquire(self, entry, plan, now, size, request)
+        return _Settle(self, entry, plan, now, request)
 
     # -- leased mode ------------------------------------------------------------------
 
@@ -240,8 +269,10 @@ class Verifier:
             self.store.transact(list(held), lambda states: (dict(release(held, states)), None))
 
     def close(self) -> None:
-        """Release leases, then close the store."""
+        """Write the queued analytics events, release leases, then close the store."""
         try:
+            if self.events is not None:
+                self.events.close()
             self.release_leases()
         finally:
             self.store.close()
@@ -277,6 +308,9 @@ class _Pending(Protocol):
 
     def resume(self, answer: Any) -> Step: ...
 
+    @property
+    def request(self) -> VerifyRequest: ...
+
 
 Step = VerifyResult | _Pending
 
@@ -299,7 +333,7 @@ class _LoadKeyspaces:
 
     def resume(self, keyspaces: list[Keyspace]) -> Step:
         self.verifier._set_keyspaces(keyspaces, self.now, self.generation)
-        return self.verifier.start(self.key, self.request, self.ip, self.now)
+        return self.verifier._begin(self.key, self.request, self.ip, self.now)
 
 
 class _LoadRecord:
@@ -334,10 +368,12 @@ class _Acquire:
     batch of its own (and colliding in the store).
     """
 
-    __slots__ = ("entry", "now", "plan", "size", "verifier")
+    __slots__ = ("entry", "now", "plan", "request", "size", "verifier")
 
-    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int, size: int) -> None:
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int, size: int,
+                 request: VerifyRequest) -> None:
         self.verifier, self.entry, self.plan, self.now, self.size = verifier, entry, plan, now, size
+        self.request = request
 
     def _step(self, states: Mapping[str, State | None]) -> tuple[dict[str, State | None], Any]:
         lacking = self.verifier.leases.lacking(self.plan, self.now)
@@ -369,17 +405,18 @@ class _Acquire:
         record = self.entry.record
         assert record is not None  # a plan is made only for a record
         if settled is None:  # other threads spent the new lease first: lease again
-            return _Acquire(self.verifier, self.entry, self.plan, self.now, self.size)
+            return _Acquire(self.verifier, self.entry, self.plan, self.now, self.size, self.request)
         return build_result(settled.code, record, settled)
 
 
 class _Settle:
     """Apply the plan's credits and rate limits in the store, then answer."""
 
-    __slots__ = ("entry", "now", "plan", "verifier")
+    __slots__ = ("entry", "now", "plan", "request", "verifier")
 
-    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int) -> None:
-        self.verifier, self.entry, self.plan, self.now = verifier, entry, plan, now
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int,
+                 request: VerifyRequest) -> None:
+        self.verifier, self.entry, self.plan, self.now, self.request = verifier, entry, plan, now, request
 
     def run_sync(self) -> Settlement:
         return self.verifier.store.settle(self.plan, self.now)

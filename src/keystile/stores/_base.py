@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import anyio.to_thread
 
+from .._analytics import Event, EventFilter
 from .._bus import Listener, publish, subscribe
 from .._decide import Plan, Settlement, settle
 from .._models import KeyRecord, Keyspace
@@ -106,6 +107,23 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - stores without resources need nothing
         """Release connections; the store is unusable afterwards."""
+
+    # -- analytics events -----------------------------------------------------------------
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Record verification events (called by the analytics writer, in batches)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record analytics events")
+
+    def read_events(self, since: int, until: int, where: EventFilter) -> list[Event]:
+        """The recorded events of ``since <= time < until`` that ``where`` matches.
+
+        A store may read more than ``where`` selects (the caller filters again), never less.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not record analytics events")
+
+    def trim_events(self, before: int) -> None:
+        """Forget events older than ``before`` (Unix ms): the retention."""
+        raise NotImplementedError(f"{type(self).__name__} does not record analytics events")
 
     # -- invalidation -------------------------------------------------------------------
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
+from .._analytics import Event, EventFilter
 from .._errors import ConflictError
 from ._base import KINDS, Doc, State, Store
 
@@ -14,6 +16,8 @@ __all__ = ["MemoryStore"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+MAX_EVENTS = 1_000_000
 
 
 class MemoryStore(Store):
@@ -29,6 +33,9 @@ class MemoryStore(Store):
             (kind, field): {} for kind, (uniques, _) in KINDS.items() for field in uniques
         }
         self._states: dict[str, State] = {}
+        #: The latest analytics events (a bounded window: this store is for tests and
+        #: single processes; older events fall off the end).
+        self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
 
     def get(self, kind: str, id: str) -> Doc | None:
         doc = self._docs[kind].get(id)
@@ -103,6 +110,21 @@ class MemoryStore(Store):
     def read_states(self, keys: Sequence[str]) -> dict[str, State | None]:
         with self._lock:
             return _clone({key: self._states.get(key) for key in keys})
+
+
+    # -- analytics events -----------------------------------------------------------------
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        self._events.extend(events)
+
+    def read_events(self, since: int, until: int, where: EventFilter) -> list[Event]:
+        return [e for e in list(self._events) if since <= e.time < until and where.matches(e)]
+
+    def trim_events(self, before: int) -> None:
+        with self._lock:
+            kept = [e for e in self._events if e.time >= before]
+            self._events.clear()
+            self._events.extend(kept)
 
 
 def _clone(value: T) -> T:

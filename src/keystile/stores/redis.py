@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._analytics import Event, EventFilter
 from .._bus import Listener, publish, subscribe
 from .._decide import Plan, Settlement
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
@@ -57,6 +58,27 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 __all__ = ["RedisStore"]
 
 R = TypeVar("R")
+
+#: The analytics stream keeps about this many events (and those within the retention).
+MAX_EVENTS = 1_000_000
+_SKEW_MS = 300_000  # how far apart the instances' clocks may be, for event reads
+
+# KEYS[1]: the stream; ARGV: the cap, then time, event pairs. Ids "<ms>-<seq>" with ms
+# the event's time unless an earlier-written entry is later (then its ms, next seq).
+_WRITE_EVENTS = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local ms, seq = 0, -1
+if last[1] then
+  local dash = string.find(last[1][1], '-', 1, true)
+  ms, seq = tonumber(string.sub(last[1][1], 1, dash - 1)), tonumber(string.sub(last[1][1], dash + 1))
+end
+for i = 2, #ARGV, 2 do
+  local t = tonumber(ARGV[i])
+  if t > ms then ms, seq = t, 0 else seq = seq + 1 end
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%d-%d', ms, seq), 'e', ARGV[i + 1])
+end
+return #ARGV
+"""
 logger = logging.getLogger("keystile.redis")
 _PROCESS = {"origin": uuid.uuid4().hex}  # this process's own messages are delivered locally
 
@@ -200,6 +222,7 @@ class RedisStore(Store):
             raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
         self._write_doc = self.client.register_script(_WRITE_DOC)
         self._load_record = self.client.register_script(_LOAD_RECORD)
+        self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._settle = LuaSettle(self.client, self.prefix)
         self._offset_us, self._offset_due = 0, 0.0
         self._client_url = client_url
@@ -400,6 +423,40 @@ class RedisStore(Store):
             raws = self.client.mget([self._state_key(key) for key in keys])
         return {key: json.loads(raw) if raw is not None else None
                 for key, raw in zip(keys, raws, strict=True)}
+
+    # -- analytics events -----------------------------------------------------------------
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """The batch into a stream capped at about :data:`MAX_EVENTS` entries, in one
+        ``EVALSHA``: each entry's id is its event's time (kept increasing), so reading
+        a time range is an ``XRANGE``."""
+        args: list[Any] = [MAX_EVENTS]
+        for event in events:
+            args += [event.time, json.dumps(event.to_dict(), separators=(",", ":"))]
+        with self._errors():
+            self._write_events(keys=[f"{self.prefix}events"], args=args)
+
+    def read_events(self, since: int, until: int, where: EventFilter) -> list[Event]:
+        # An entry's id is at or after its event's time (ids only increase, so an event
+        # written after a later one gets that one's time): read a margin past the end.
+        stream, high = f"{self.prefix}events", until + _SKEW_MS
+        found: list[Event] = []
+        start = str(since)
+        with self._errors():
+            while True:
+                page = self.client.xrange(stream, start, str(high), count=10_000)
+                for _, fields in page:
+                    event = Event.from_dict(json.loads(fields[b"e" if b"e" in fields else "e"]))
+                    if since <= event.time < until and where.matches(event):
+                        found.append(event)
+                if len(page) < 10_000:
+                    return found
+                last = page[-1][0]
+                start = "(" + (last.decode() if isinstance(last, bytes) else last)
+
+    def trim_events(self, before: int) -> None:
+        with self._errors():
+            self.client.xtrim(f"{self.prefix}events", minid=str(max(0, before)), approximate=False)
 
     # -- native forms: one round trip each ------------------------------------------------
 

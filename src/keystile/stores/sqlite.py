@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from .._analytics import Event, EventFilter
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
 from ._base import KINDS, Doc, State, Store
 
@@ -26,7 +27,17 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,"
     " PRIMARY KEY (kind, id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
+    # Analytics: one row per verification, written in batches off the request path.
+    "CREATE TABLE IF NOT EXISTS events (time INTEGER NOT NULL, code TEXT NOT NULL, key_id TEXT,"
+    " keyspace_id TEXT, api_id TEXT, identity_id TEXT, external_id TEXT, tags TEXT,"
+    " spent INTEGER NOT NULL, instance TEXT, region TEXT)",
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
+    "CREATE INDEX IF NOT EXISTS events_key ON events(key_id, time)",
+    "CREATE INDEX IF NOT EXISTS events_api ON events(api_id, time)",
+    "CREATE INDEX IF NOT EXISTS events_identity ON events(identity_id, time)",
 ]
+_EVENT_COLUMNS = ("time, code, key_id, keyspace_id, api_id, identity_id, external_id, tags, spent,"
+                  " instance, region")
 for _kind, (_uniques, _groups) in KINDS.items():
     _SCHEMA += [
         f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'))"
@@ -131,8 +142,8 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'state'").fetchone():
-            return
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events_identity'").fetchone():
+            return  # the whole schema (the last statement's index exists); else add what lacks
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA:
@@ -191,6 +202,39 @@ class SQLiteStore(Store):
         for conn in connections:
             conn.close()
         self._local.conn = None
+
+    # -- analytics events -----------------------------------------------------------------
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        rows = [(e.time, e.code, e.key_id, e.keyspace_id, e.api_id, e.identity_id, e.external_id,
+                 json.dumps(e.tags) if e.tags else None, e.spent, e.instance, e.region)
+                for e in events]
+        with self._transaction() as conn:
+            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             rows)
+
+    def read_events(self, since: int, until: int, where: EventFilter) -> list[Event]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE time >= ? AND time < ?"
+        params: list[Any] = [since, until]
+        for column, value in (("api_id", where.api_id), ("keyspace_id", where.keyspace_id),
+                              ("key_id", where.key_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if where.identity is not None:
+            sql += " AND (identity_id = ? OR external_id = ?)"
+            params += [where.identity, where.identity]
+        if where.codes:
+            sql += f" AND code IN ({','.join('?' * len(where.codes))})"
+            params += where.codes
+        events = (Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                        tuple(json.loads(row[7])) if row[7] else (), row[8], row[9], row[10])
+                  for row in self._query(sql, params))
+        return [event for event in events if where.matches(event)]
+
+    def trim_events(self, before: int) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM events WHERE time < ?", (before,))
 
     # -- documents --------------------------------------------------------------------
 

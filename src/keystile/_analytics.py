@@ -1,0 +1,442 @@
+"""Verification analytics: an event per verification, recorded off the request path.
+
+The request path only appends ``(time, result, request)`` to a bounded deque (a few
+hundred nanoseconds; when the deque is full the event is dropped and counted, the
+request never waits). A background thread drains it in batches: it turns entries
+into :class:`Event` rows, hands them to the store (``write_events``: a SQLite table,
+a capped Redis stream, a bounded list in memory), updates ``last_used_at`` of each
+key at most once per ``last_used_interval`` and trims events past the retention.
+
+Queries (:func:`count_buckets`, :func:`top`, :func:`credit_usage`) are pure functions
+over the events a store reads back for a time range and a filter.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ._errors import ConfigurationError, KeystileError, ValidationError
+from ._models import Code, VerifyRequest, VerifyResult
+
+__all__ = [
+    "BUCKETS",
+    "Analytics",
+    "Bucket",
+    "Event",
+    "EventFilter",
+    "Recorder",
+    "Top",
+    "count_buckets",
+    "event_of",
+    "last_used_state_key",
+    "top",
+]
+
+logger = logging.getLogger("keystile")
+
+#: Bucket sizes of the queries, in ms.
+BUCKETS: Final[dict[str, int]] = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
+CODES: Final = tuple(code.value for code in Code)
+_DAY_MS: Final = 86_400_000
+
+
+@dataclass(frozen=True)
+class Analytics:
+    """How a verifier records its verifications (``analytics=`` of a verifier, a
+    middleware or :class:`~keystile.Keystile`; ``False`` records nothing).
+
+    - ``queue_size``: events waiting to be written; beyond it new ones are dropped
+      (and counted in :attr:`Recorder.dropped`), never blocking a request.
+    - ``batch_size``/``flush_interval``: the background writer writes when this many
+      wait or this many seconds passed, whichever comes first.
+    - ``last_used_interval``: seconds between two updates of one key's ``last_used_at``.
+    - ``retention_days``: events older than this are deleted by the writer.
+    - ``instance``/``region``: recorded with each event (default: ``host:pid`` and
+      ``$KEYSTILE_REGION``).
+    """
+
+    queue_size: int = 100_000
+    batch_size: int = 1_000
+    flush_interval: float = 1.0
+    last_used_interval: float = 60.0
+    retention_days: float = 30.0
+    instance: str | None = None
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"analytics {name} must be an integer of 1 or more")
+        for name in ("flush_interval", "last_used_interval", "retention_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"analytics {name} must be a number above 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One verification: when, of which key, with which outcome, and what it spent."""
+
+    time: int
+    code: str
+    key_id: str | None = None
+    keyspace_id: str | None = None
+    api_id: str | None = None
+    identity_id: str | None = None
+    external_id: str | None = None
+    tags: tuple[str, ...] = ()
+    spent: int = 0
+    instance: str | None = None
+    region: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "code": self.code, "key_id": self.key_id,
+                "keyspace_id": self.keyspace_id, "api_id": self.api_id,
+                "identity_id": self.identity_id, "external_id": self.external_id,
+                "tags": list(self.tags), "spent": self.spent, "instance": self.instance,
+                "region": self.region}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        return cls(int(data["time"]), str(data["code"]), data.get("key_id"), data.get("keyspace_id"),
+                   data.get("api_id"), data.get("identity_id"), data.get("external_id"),
+                   tuple(data.get("tags") or ()), int(data.get("spent") or 0), data.get("instance"),
+                   data.get("region"))
+
+
+def last_used_state_key(key_id: str) -> str:
+    """The state holding when a key was last verified: ``{"at": unix_ms}``."""
+    return f"used:{key_id}"
+
+
+def event_of(now: int, result: VerifyResult, request: VerifyRequest, instance: str | None,
+             region: str | None) -> Event:
+    """The event of one verification; ``spent`` is the credits it took."""
+    identity = result.identity
+    spent = 0
+    if result.valid and result.credits is not None:
+        spent = 1 if request.cost is None else request.cost
+    return Event(now, result.code.value, result.key_id, result.keyspace_id,
+                 result.api_id or request.api_id, identity.id if identity else None,
+                 identity.external_id if identity else None, request.tags, spent, instance, region)
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a query counts; every field given must match (tags: all present).
+
+    ``identity`` matches an identity's id or its external id.
+    """
+
+    api_id: str | None = None
+    keyspace_id: str | None = None
+    key_id: str | None = None
+    identity: str | None = None
+    tags: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()
+
+    def matches(self, event: Event) -> bool:
+        if self.api_id is not None and event.api_id != self.api_id:
+            return False
+        if self.keyspace_id is not None and event.keyspace_id != self.keyspace_id:
+            return False
+        if self.key_id is not None and event.key_id != self.key_id:
+            return False
+        if self.identity is not None and self.identity not in (event.identity_id, event.external_id):
+            return False
+        if self.codes and event.code not in self.codes:
+            return False
+        return all(tag in event.tags for tag in self.tags)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The verifications of one time bucket, by outcome code."""
+
+    start: int
+    counts: dict[str, int] = field(default_factory=dict)
+    spent: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def valid(self) -> int:
+        return self.counts.get(Code.VALID.value, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "total": self.total, "valid": self.valid,
+                "counts": dict(self.counts), "spent": self.spent}
+
+
+@dataclass(frozen=True)
+class Top:
+    """One key's or identity's verifications in a range."""
+
+    id: str
+    total: int
+    valid: int
+    spent: int
+    counts: dict[str, int]
+    credits: int | None = None  # what remains now (keys only; None: unlimited or unknown)
+    external_id: str | None = None  # identities
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"id": self.id, "total": self.total, "valid": self.valid, "spent": self.spent,
+               "counts": dict(self.counts)}
+        if self.credits is not None:
+            out["credits"] = self.credits
+        if self.external_id is not None:
+            out["externalId"] = self.external_id
+        return out
+
+
+def check_range(since: int, until: int, by: str | None = None) -> int:
+    """The bucket size of ``by`` (ms), after checking the range."""
+    if until <= since:
+        raise ValidationError("the end of the range must come after its start")
+    if by is None:
+        return 0
+    size = BUCKETS.get(by)
+    if size is None:
+        raise ValidationError(f"buckets are 'minute', 'hour' or 'day', not {by!r}")
+    if (until - since) // size > 10_000:
+        raise ValidationError(f"that range holds more than 10000 {by}s; take larger buckets")
+    return size
+
+
+def count_buckets(events: Iterable[Event], since: int, until: int, by: str) -> list[Bucket]:
+    """Verifications per bucket of ``by`` from ``since`` (floored to a bucket) to
+    ``until``, every bucket present, empty ones too."""
+    size = check_range(since, until, by)
+    first = since - since % size
+    counts: list[collections.Counter[str]] = [collections.Counter() for _ in range(
+        (until - 1 - first) // size + 1)]
+    spent = [0] * len(counts)
+    for event in events:
+        if since <= event.time < until:
+            index = (event.time - first) // size
+            counts[index][event.code] += 1
+            spent[index] += event.spent
+    return [Bucket(first + i * size, dict(c), spent[i]) for i, c in enumerate(counts)]
+
+
+def top(events: Iterable[Event], by: Literal["key", "identity"], limit: int = 10) -> list[Top]:
+    """The keys (or identities) with the most verifications, most first."""
+    if by not in ("key", "identity"):
+        raise ValidationError(f"top is by 'key' or 'identity', not {by!r}")
+    counts: dict[str, collections.Counter[str]] = {}
+    spent: collections.Counter[str] = collections.Counter()
+    external: dict[str, str | None] = {}
+    for event in events:
+        owner = event.key_id if by == "key" else event.identity_id
+        if owner is None:
+            continue
+        counts.setdefault(owner, collections.Counter())[event.code] += 1
+        spent[owner] += event.spent
+        if by == "identity":
+            external[owner] = event.external_id
+    ranked = sorted(counts, key=lambda owner: (-counts[owner].total(), owner))[:limit]
+    return [Top(owner, counts[owner].total(), counts[owner].get(Code.VALID.value, 0), spent[owner],
+                dict(counts[owner]), external_id=external.get(owner)) for owner in ranked]
+
+
+# -- recording -----------------------------------------------------------------------------------
+
+
+class Recorder:
+    """The bounded queue of a verifier's events and the thread that writes them."""
+
+    def __init__(self, store: Any, options: Analytics, clock: Callable[[], int]) -> None:
+        self.store, self.options, self.clock = store, options, clock
+        self.instance = options.instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.region = options.region or os.environ.get("KEYSTILE_REGION") or None
+        self.queue: collections.deque[tuple[int, VerifyResult, VerifyRequest]] = collections.deque()
+        self._max = options.queue_size
+        self._batch = options.batch_size
+        self.dropped = 0  # events not recorded: the queue was full
+        self.written = 0
+        self.write_errors = 0
+        self._last_used: dict[str, int] = {}
+        self._last_used_ms = int(options.last_used_interval * 1000)
+        self._trimmed_at = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()  # one drain at a time (the thread, flush, close)
+        self._pending: list[Event] = []  # drained, not yet written (the store failed)
+        self._thread: threading.Thread | None = None
+        self._start()
+        _recorders.add(self)
+
+    def emit(self, now: int, result: VerifyResult, request: VerifyRequest) -> None:
+        """Queue one verification (the request path: no I/O, no lock, never blocks)."""
+        queue = self.queue
+        if len(queue) >= self._max:
+            self.dropped += 1
+            return
+        queue.append((now, result, request))
+        if len(queue) == self._batch:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write every event queued so far, now (the caller waits)."""
+        self._drain(everything=True)
+
+    def close(self) -> None:
+        """Stop the writer after writing what is queued (store errors are logged)."""
+        self._stop = True
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        try:
+            self._drain(everything=True)
+        except KeystileError as exc:
+            logger.warning("keystile: %d analytics events not written at close: %s",
+                           len(self._pending) + len(self.queue), exc)
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        # The thread holds the recorder weakly: a verifier dropped without close() takes
+        # its writer with it (within a flush interval) instead of leaking both.
+        self._thread = threading.Thread(
+            target=_write_loop, args=(weakref.ref(self), self._wake, self.options.flush_interval),
+            name="keystile-analytics", daemon=True)
+        self._thread.start()
+
+    def _write_once(self) -> None:
+        try:
+            self._drain(everything=False)
+        except KeystileError as exc:  # the store is down: keep the events, try again
+            logger.warning("keystile: analytics events not written yet: %s", exc)
+        except Exception:  # never let the writer die silently
+            logger.exception("keystile: analytics writer failed")
+
+    def _drain(self, *, everything: bool) -> None:
+        with self._lock:
+            while True:
+                events = self._pending or self._take()
+                if not events:
+                    return
+                self._pending = events
+                try:
+                    self.store.write_events(events)
+                except KeystileError:
+                    self.write_errors += 1
+                    self._bound_pending()
+                    raise
+                self._pending = []
+                self.written += len(events)
+                self._touch(events)
+                self._trim()
+                if not everything and len(self.queue) < self._batch:
+                    return
+
+    def _take(self) -> list[Event]:
+        queue, instance, region = self.queue, self.instance, self.region
+        events = []
+        for _ in range(min(len(queue), 5_000)):
+            now, result, request = queue.popleft()
+            events.append(event_of(now, result, request, instance, region))
+        return events
+
+    def _bound_pending(self) -> None:
+        """While the store fails, what waits in memory stays within the queue's size."""
+        room = self._max - len(self.queue)
+        if len(self._pending) > room:
+            lost = len(self._pending) - max(room, 0)
+            self._pending = self._pending[lost:]
+            self.dropped += lost
+
+    def _touch(self, events: Sequence[Event]) -> None:
+        """``last_used_at`` of each key (a small state beside its credits), at most once
+        per interval per key, all in one store transaction."""
+        latest: dict[str, int] = {}
+        for event in events:
+            if event.key_id is not None and event.time > latest.get(event.key_id, 0):
+                latest[event.key_id] = event.time
+        due = {key_id: t for key_id, t in latest.items()
+               if t - self._last_used.get(key_id, -self._last_used_ms) >= self._last_used_ms}
+        if not due:
+            return
+        names = {last_used_state_key(key_id): t for key_id, t in due.items()}
+
+        def step(states: Mapping[str, Any]) -> tuple[dict[str, Any], None]:
+            return {name: {"at": t} for name, t in names.items()
+                    if states[name] is None or states[name]["at"] < t}, None
+
+        self.store.transact(list(names), step)
+        self._last_used.update(due)
+        if len(self._last_used) > 4 * self._max:
+            self._last_used.clear()
+
+    def _trim(self) -> None:
+        now = self.clock()
+        if now - self._trimmed_at >= 600_000:
+            self._trimmed_at = now
+            self.store.trim_events(now - int(self.options.retention_days * _DAY_MS))
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock held by the parent's writer, and no thread."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.queue.clear()
+        self._pending = []
+        if not self._stop:
+            self._start()
+
+
+def _write_loop(ref: weakref.ref[Recorder], wake: threading.Event, interval: float) -> None:
+    while True:
+        wake.wait(interval)
+        wake.clear()
+        recorder = ref()
+        if recorder is None or recorder._stop or recorder._wake is not wake:
+            return  # dropped, closed, or replaced after a fork
+        recorder._write_once()
+        del recorder
+
+
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _restart_after_fork() -> None:
+    for recorder in list(_recorders):
+        recorder._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)
+
+
+def records_events(store: Any) -> bool:
+    """Whether ``store`` keeps analytics events (memory, SQLite and Redis do)."""
+    from .stores import Store
+
+    return type(store).write_events is not Store.write_events
+
+
+def recorder_for(store: Any, analytics: bool | Analytics | None,
+                 clock: Callable[[], int]) -> Recorder | None:
+    """The recorder ``analytics=`` asks for on ``store`` (``None``: none)."""
+    if analytics is None or analytics is False:
+        return None
+    if analytics is True:
+        analytics = Analytics()
+    if not isinstance(analytics, Analytics):
+        raise ConfigurationError(f"analytics must be True, False or an Analytics(...), not {analytics!r}")
+    return Recorder(store, analytics, clock)
