@@ -222,3 +222,68 @@ def test_if_serve_is_asked_for_help_then_it_names_host_port_and_store(
     out = capsys.readouterr().out
     assert exited.value.code == 0
     assert "--host" in out and "--port" in out and "--store" in out
+
+
+# -- analytics -------------------------------------------------------------------------------
+
+
+def verified(cli: Cli, api: dict[str, Any]) -> dict[str, Any]:
+    """A key with 3 credits verified 5 times (3 VALID, 2 USAGE_EXCEEDED) and an unknown key once."""
+    created: dict[str, Any] = cli("keys", "create", "--api", api["apiId"], "--credits", "3")
+    for _ in range(5):
+        main(["keys", "verify", created["key"], "--store", cli.store, "--json"])
+    main(["keys", "verify", "sk_live_unknown0000000000000", "--store", cli.store, "--json"])
+    cli.capsys.readouterr()
+    return created
+
+
+def test_if_analytics_is_asked_for_json_then_buckets_totals_and_top_keys_are_exact(
+    cli: Cli, api: dict[str, Any],
+) -> None:
+    created = verified(cli, api)
+
+    report = cli("analytics", "--since", "1h", "--by", "minute", "--top", "keys")
+    only_api = cli("analytics", "--api", api["apiId"], "--code", "VALID", "--since", "2h")
+
+    assert report["by"] == "minute" and report["until"] - report["since"] == 3_600_001
+    assert report["totals"] == {"VALID": 3, "USAGE_EXCEEDED": 2, "NOT_FOUND": 1}
+    assert sum(b["total"] for b in report["buckets"]) == 6 and len(report["buckets"]) in (60, 61)
+    assert report["top"]["entries"] == [{"id": created["keyId"], "total": 5, "valid": 3, "spent": 3,
+                                         "credits": 0, "counts": {"VALID": 3, "USAGE_EXCEEDED": 2}}]
+    assert only_api["totals"] == {"VALID": 3}
+
+
+def test_if_analytics_is_printed_then_a_table_with_a_sparkline_shows(
+    cli: Cli, api: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    verified(cli, api)
+    plot = tmp_path / "usage.png"
+
+    status = main(["analytics", "--store", cli.store, "--since", "30m", "--by", "minute",
+                   "--top", "identities", "--plot", str(plot)])
+    out = capsys.readouterr().out
+
+    assert status == 0
+    assert "total 6  (VALID 3 · USAGE_EXCEEDED 2 · NOT_FOUND 1)" in out
+    assert any(ch in out for ch in "▁▂▃▄▅▆▇█")
+    assert "bucket (UTC)" in out and "spent" in out and "sk_live_" not in out
+    assert plot.read_bytes().startswith(b"\x89PNG") and f"plot written to {plot}" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--since", "yesterday"], "expected a duration ago"),
+    (["--by", "week"], "invalid choice: 'week'"),
+    (["--code", "NOPE"], "unknown outcome code: NOPE"),
+    (["--since", "1m", "--until", "2m"], "must come after its start"),
+])
+def test_if_analytics_gets_a_bad_option_then_it_says_so_without_a_traceback(
+    cli: Cli, capsys: pytest.CaptureFixture[str], argv: list[str], message: str,
+) -> None:
+    try:
+        status = main(["analytics", "--store", cli.store, *argv])
+    except SystemExit as exc:  # argparse's own errors
+        status = int(exc.code or 0)
+    captured = capsys.readouterr()
+
+    assert status == 2
+    assert message in captured.err + captured.out and "Traceback" not in captured.err

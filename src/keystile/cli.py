@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -110,7 +111,9 @@ def _terminated(signum: int, frame: Any) -> None:
 
 
 def _print(payload: Any, as_json: bool) -> None:
-    if as_json:
+    if isinstance(payload, str):
+        print(payload)
+    elif as_json:
         print(json.dumps(payload, sort_keys=True))
     elif isinstance(payload, dict):
         for name, value in payload.items():
@@ -289,6 +292,52 @@ def _permissions_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     return ks.create_permission(a.slug, name=a.name, description=a.description).to_dict(), 0
 
 
+_DURATION = re.compile(r"(\d+)(s|m|h|d|w)")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def moment_spec(text: str) -> int | dt.timedelta:
+    """A duration ago (``90s``, ``30m``, ``24h``, ``7d``, ``2w``), Unix ms, or ISO 8601."""
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        return expires_spec(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            "expected a duration ago (30m, 24h, 7d), ISO 8601 (2027-01-31T00:00Z) or Unix ms") from None
+
+
+def _analytics(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    from ._report import format_report, plot_buckets, report_dict
+
+    now = ks.now()
+    since = now - int(a.since.total_seconds() * 1000) if isinstance(a.since, dt.timedelta) else a.since
+    until = None if a.until is None else (
+        now - int(a.until.total_seconds() * 1000) if isinstance(a.until, dt.timedelta) else a.until)
+    where = {"api_id": a.api, "keyspace_id": a.keyspace, "identity": a.identity,
+             "tags": a.tag or (), "codes": a.code or ()}
+    buckets = ks.verifications(since=since, until=until, by=a.by, key_id=a.key, **where)
+    top: list[Any] = []
+    if a.top == "keys":
+        top = ks.top_keys(since=since, until=until, limit=a.limit, **where)
+    elif a.top == "identities":
+        where.pop("identity")
+        top = ks.top_identities(since=since, until=until, limit=a.limit, **where)
+    end = now + 1 if until is None else until
+    scope = ", ".join(f"{name} {value}" for name, value in (
+        ("api", a.api), ("keyspace", a.keyspace), ("key", a.key), ("identity", a.identity))
+        if value) or "all APIs"
+    title = f"keystile verifications, {scope}, per {a.by}"
+    top_by = "key" if a.top == "keys" else "identity"
+    if a.plot:
+        plot_buckets(buckets, a.by, title, a.plot)
+    if a.json:
+        return report_dict(buckets, since, end, a.by, top, top_by), 0
+    text = format_report(buckets, a.by, title, top, top_by)
+    return text + (f"\nplot written to {a.plot}" if a.plot else ""), 0
+
+
 def _root_keys(ks: Keystile) -> Any:
     from .server import RootKeys
 
@@ -339,6 +388,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="send the demo requests, print the answers, exit 0 if all are right")
     demo.set_defaults(handler=None)
     _add_server(groups, common)
+    _add_analytics(groups, common)
     groups.add_parser("bench", add_help=False,
                       help="benchmark keystile against peers (keystile bench --help)")
     return parser
@@ -443,6 +493,30 @@ def _add_rbac(groups: Any, common: list[argparse.ArgumentParser]) -> None:
     perm_create.add_argument("--name")
     perm_create.add_argument("--description")
     perm_create.set_defaults(handler=_permissions_create)
+
+
+def _add_analytics(groups: Any, common: list[argparse.ArgumentParser]) -> None:
+    report = groups.add_parser(
+        "analytics", parents=common,
+        help="verifications per minute, hour or day by outcome; top keys or identities",
+        description="Count the verifications recorded by the store, per time bucket and "
+                    "outcome code, as a table with a sparkline, JSON (--json) or a plot (--plot).")
+    report.add_argument("--api", help="only this API's keys")
+    report.add_argument("--keyspace", help="only this keyspace's keys")
+    report.add_argument("--key", help="only this key (its id)")
+    report.add_argument("--identity", help="only keys of this identity (id or external id)")
+    report.add_argument("--tag", action="append", help="only verifications with this tag (repeatable)")
+    report.add_argument("--code", action="append", help="only this outcome code (repeatable)")
+    report.add_argument("--since", type=moment_spec, default=dt.timedelta(hours=24),
+                        help="start: 30m, 24h, 7d ago, ISO 8601 or Unix ms (default 24h)")
+    report.add_argument("--until", type=moment_spec, default=None, help="end (default: now)")
+    report.add_argument("--by", choices=["minute", "hour", "day"], default="hour")
+    report.add_argument("--top", choices=["keys", "identities"], default=None,
+                        help="also rank keys (with credits left) or identities by verifications")
+    report.add_argument("--limit", type=int, default=10, help="entries of --top (default 10)")
+    report.add_argument("--plot", metavar="FILE.png",
+                        help="draw the buckets stacked by outcome (needs matplotlib)")
+    report.set_defaults(handler=_analytics)
 
 
 def _add_server(groups: Any, common: list[argparse.ArgumentParser]) -> None:
