@@ -22,22 +22,23 @@ __all__ = ["SQLiteStore"]
 
 R = TypeVar("R")
 
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,"
-    " PRIMARY KEY (kind, id)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
-]
+# Table or index name -> the statement creating it.
+_SCHEMA = {
+    "docs": "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL,"
+            " doc TEXT NOT NULL, PRIMARY KEY (kind, id)) WITHOUT ROWID",
+    "state": "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
+}
 for _kind, (_uniques, _groups) in KINDS.items():
-    _SCHEMA += [
-        f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'))"
-        f" WHERE kind = '{_kind}'"
+    _SCHEMA.update(
+        (f"u_{_kind}_{_f}", f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f}"
+                            f" ON docs(json_extract(doc, '$.{_f}')) WHERE kind = '{_kind}'")
         for _f in _uniques
-    ]
-    _SCHEMA += [
-        f"CREATE INDEX IF NOT EXISTS g_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'), id)"
-        f" WHERE kind = '{_kind}'"
+    )
+    _SCHEMA.update(
+        (f"g_{_kind}_{_f}", f"CREATE INDEX IF NOT EXISTS g_{_kind}_{_f}"
+                            f" ON docs(json_extract(doc, '$.{_f}'), id) WHERE kind = '{_kind}'")
         for _f in _groups
-    ]
+    )
 
 
 def _path_from_url(url: str) -> str:
@@ -131,11 +132,15 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'state'").fetchone():
+        # Every name, not just one: a file made by an older keystile gets the indexes added since.
+        marks = ",".join("?" * len(_SCHEMA))
+        found = conn.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({marks})",
+                             list(_SCHEMA)).fetchone()[0]
+        if found == len(_SCHEMA):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA.values():
                 conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
