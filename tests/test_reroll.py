@@ -278,13 +278,12 @@ def test_if_keys_spend_while_they_are_rerolled_then_no_spend_is_lost(
 async def test_if_rerolled_keys_are_verified_async_then_they_share_the_balance(
     store_url: str, clock: Clock,
 ) -> None:
-    aks = AsyncKeystile(store_url, now=clock)  # on Redis: the native async settle
-    api = await aks.create_api("a", prefix="sk_a")
-    old = await aks.create_key(api.id, credits=3)
+    async with AsyncKeystile(store_url, now=clock) as aks:  # on Redis: the native async settle
+        api = await aks.create_api("a", prefix="sk_a")
+        old = await aks.create_key(api.id, credits=3)
 
-    new = await aks.reroll_key(old.key_id, expiration_ms=DAY)
+        new = await aks.reroll_key(old.key_id, expiration_ms=DAY)
 
-    credits = [(await aks.verify(key)).credits for key in (old.key, new.key, old.key)]
-    assert credits == [2, 1, 0]
-    assert (await aks.verify(new.key)).code is Code.USAGE_EXCEEDED
-    await aks.close()
+        credits = [(await aks.verify(key)).credits for key in (old.key, new.key, old.key)]
+        assert credits == [2, 1, 0]
+        assert (await aks.verify(new.key)).code is Code.USAGE_EXCEEDED
