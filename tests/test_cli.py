@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from keystile.cli import main
+from keystile.cli import duration_spec, main
 
 
 class Cli:
@@ -107,6 +107,54 @@ def test_if_keys_listed_updated_and_deleted_then_each_change_shows(
     assert cli("keys", "credits", ids[0], "decrement", "9") == {"remaining": 0}
     assert cli("keys", "delete", ids[1])["deleted"] == ids[1]
     assert len(cli("keys", "list", "--api", api["apiId"])["keys"]) == 2
+
+
+def test_if_a_key_is_rerolled_with_a_grace_period_then_both_keys_share_its_credits_until_then(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    old = cli("keys", "create", "--api", api["apiId"], "--credits", "3")
+    before = cli("keys", "get", old["keyId"])
+
+    new = cli("keys", "reroll", old["keyId"], "--grace", "24h")
+
+    assert set(new) == {"keyId", "key", "oldKeyExpires"}
+    assert new["key"].startswith("sk_live_") and new["keyId"] != old["keyId"]
+    assert new["oldKeyExpires"] - before["createdAt"] >= 86_400_000
+    assert [cli("keys", "verify", k)["credits"] for k in (old["key"], new["key"], old["key"])] == [2, 1, 0]
+    assert cli("keys", "verify", new["key"], status=1)["code"] == "USAGE_EXCEEDED"
+    again = cli("keys", "reroll", new["keyId"], "--grace", "0")
+    assert cli("keys", "verify", new["key"], status=1)["code"] == "EXPIRED"
+    assert cli("keys", "get", again["keyId"])["credits"] == {"remaining": 0}
+
+
+@pytest.mark.parametrize(("grace", "ms"), [("0", 0), ("500ms", 500), ("90s", 90_000),
+                                           ("30m", 1_800_000), ("1h30m", 5_400_000),
+                                           ("7d", 604_800_000)])
+def test_if_a_grace_period_has_units_then_it_is_read_as_milliseconds(grace: str, ms: int) -> None:
+    assert duration_spec(grace) == ms
+
+
+@pytest.mark.parametrize("grace", ["", "24", "3600", "24 h", "1.5h", "h", "-1h", "24hours", "1h30"])
+def test_if_a_grace_period_has_no_unit_or_a_wrong_one_then_exit_2_and_no_new_key(
+    cli: Cli, api: dict[str, Any], grace: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    old = cli("keys", "create", "--api", api["apiId"])
+
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "reroll", old["keyId"], f"--grace={grace}", "--store", cli.store])
+
+    assert exited.value.code == 2 and "24h" in capsys.readouterr().err
+    assert [k["keyId"] for k in cli("keys", "list", "--api", api["apiId"])["keys"]] == [old["keyId"]]
+
+
+def test_if_a_grace_period_is_too_long_then_exit_2_and_a_json_error(
+    cli: Cli, api: dict[str, Any]
+) -> None:
+    old = cli("keys", "create", "--api", api["apiId"])
+
+    error = cli("keys", "reroll", old["keyId"], "--grace", "365000d", status=2)["error"]
+
+    assert error["type"] == "ValidationError" and "expiration" in error["message"]
 
 
 def test_if_apis_listed_got_and_deleted_then_json_describes_them(

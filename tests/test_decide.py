@@ -319,6 +319,20 @@ def test_if_two_keys_share_an_identity_then_its_limits_share_one_state_key() -> 
     assert own_1[0].state_key != own_2[0].state_key
 
 
+def test_if_a_key_spends_the_states_of_another_then_credits_and_every_key_limit_are_that_ones() -> None:
+    limits = (limit("requests", 10, auto=True), limit("search", 2))
+    owner = record(key_id="key_old", ratelimits=limits, identity=TEAM, credits_limited=True)
+    rerolled = replace(owner, key_id="key_new", states_of="key_old")
+    request = VerifyRequest(ratelimits=("search", {"name": "uploads", "limit": 3, "duration": 5000}))
+
+    plans = [make_plan(key, request) for key in (owner, rerolled)]
+
+    assert plans[0].state_keys == plans[1].state_keys
+    assert plans[1].credits_key == "credits:key_old"
+    assert len(plans[1].state_keys) == 5  # requests, team, search, uploads and the credits
+    assert not any("key_new" in state_key for state_key in plans[1].state_keys)
+
+
 # -- settle --------------------------------------------------------------------------------
 
 

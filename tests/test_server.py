@@ -774,6 +774,31 @@ async def test_if_a_key_is_rerolled_then_the_new_one_works_and_the_old_one_expir
     assert (fresh["code"], fresh["credits"]) == ("VALID", 3)
 
 
+async def test_if_a_key_is_rerolled_with_a_grace_period_then_both_share_credits_and_limits(
+    server: Server, clock: Clock,
+) -> None:
+    old = await server.key(await server.api(), credits={"remaining": 10}, ratelimits=[
+        {"name": "requests", "limit": 100, "duration": 3_600_000, "autoApply": True}])
+
+    new = await server.ok("keys.rerollKey", {"keyId": old["keyId"], "expiration": 60_000})
+    by_old = await server.verify(old["key"], credits={"cost": 6})
+    by_new = await server.verify(new["key"], credits={"cost": 4})
+    spent = [(await server.verify(k["key"]))["code"] for k in (old, new)]
+    old_info = await server.ok("keys.getKey", {"keyId": old["keyId"]})
+    await server.ok("keys.updateCredits", {"keyId": old["keyId"], "operation": "increment", "value": 5})
+    clock.advance(60_001)
+    after = await server.verify(new["key"])
+
+    assert (by_old["credits"], by_new["credits"]) == (4, 0)
+    assert by_new["ratelimits"][0]["remaining"] == 98
+    assert spent == ["USAGE_EXCEEDED", "USAGE_EXCEEDED"]
+    assert old_info["credits"] == {"remaining": 0}
+    assert (await server.verify(old["key"]))["code"] == "EXPIRED"
+    assert (after["code"], after["credits"], after["ratelimits"][0]["remaining"]) == ("VALID", 4, 97)
+    await server.ok("keys.deleteKey", {"keyId": old["keyId"], "permanent": True})
+    assert (await server.ok("keys.getKey", {"keyId": new["keyId"]}))["credits"] == {"remaining": 4}
+
+
 async def test_if_permissions_of_a_key_are_added_removed_and_set_then_the_list_follows(
     server: Server,
 ) -> None:

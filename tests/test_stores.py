@@ -299,6 +299,23 @@ def test_if_a_sqlite_store_is_opened_then_the_file_is_in_wal_mode(sqlite_url: st
     assert mode == "wal"
 
 
+def test_if_a_sqlite_file_lacks_an_index_added_since_then_opening_it_adds_the_index(
+    sqlite_url: str,
+) -> None:
+    SQLiteStore(sqlite_url).close()
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+        conn.execute("DROP INDEX g_key_states_of")  # as a file made before the index existed
+    conn.close()
+
+    store = SQLiteStore(sqlite_url)
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'g_key_states_of'").fetchone()
+    conn.close()
+    store.close()
+
+    assert found is not None
+
+
 def test_if_two_sqlite_stores_open_one_file_then_each_sees_the_others_writes(sqlite_url: str) -> None:
     first, second = SQLiteStore(sqlite_url), SQLiteStore(sqlite_url)
 

@@ -127,12 +127,15 @@ def _ip_allowed(ip: str | None, keyspace: Keyspace) -> bool:
 def make_plan(record: KeyRecord, request: VerifyRequest) -> Plan:
     """The credit and rate-limit checks this verify needs (raises for unknown names)."""
     # By state key: a named limit replaces its auto-applied twin.
-    checks = _auto_applied(record) if request.auto_apply else {}
+    # A key rerolled from another spends that one's credits and counters, so the two
+    # share them while the old key is in its grace period.
+    owner = record.states_of or record.key_id
+    checks = _auto_applied(record, owner) if request.auto_apply else {}
     for entry in request.ratelimits:
-        check = _requested_limit(record, entry)
+        check = _requested_limit(record, owner, entry)
         checks[check.state_key] = check
     cost = 1 if request.cost is None else request.cost
-    credits_key = credits_state_key(record.key_id) if record.credits_limited else None
+    credits_key = credits_state_key(owner) if record.credits_limited else None
     return Plan(credits_key, cost, tuple(checks.values()))
 
 
@@ -140,36 +143,36 @@ def _scoped(config: RatelimitConfig, owner: str) -> LimitCheck:
     return LimitCheck(ratelimit_state_key(owner, config.name, config.duration), config, 1)
 
 
-def _named_limits(record: KeyRecord) -> dict[str, LimitCheck]:
+def _named_limits(record: KeyRecord, owner: str) -> dict[str, LimitCheck]:
     """Every configured limit by name; the key's own win over its identity's."""
     named: dict[str, LimitCheck] = {}
     if record.identity is not None:
         for config in record.identity.ratelimits:
             named[config.name] = _scoped(config, record.identity.id)
     for config in record.ratelimits:
-        named[config.name] = _scoped(config, record.key_id)
+        named[config.name] = _scoped(config, owner)
     return named
 
 
-def _auto_applied(record: KeyRecord) -> dict[str, LimitCheck]:
+def _auto_applied(record: KeyRecord, owner: str) -> dict[str, LimitCheck]:
     """Every auto-applied limit of the key and of its identity, as Unkey checks them:
     a key limit does not hide its identity's limit of the same name."""
-    owned = [(config, record.key_id) for config in record.ratelimits]
+    owned = [(config, owner) for config in record.ratelimits]
     if record.identity is not None:
         owned += [(config, record.identity.id) for config in record.identity.ratelimits]
     checks = (_scoped(config, owner) for config, owner in owned if config.auto_apply)
     return {check.state_key: check for check in checks}
 
 
-def _requested_limit(record: KeyRecord, entry: str | Mapping[str, Any]) -> LimitCheck:
+def _requested_limit(record: KeyRecord, owner: str, entry: str | Mapping[str, Any]) -> LimitCheck:
     spec: Mapping[str, Any] = {"name": entry} if isinstance(entry, str) else entry
     name = spec["name"]
     cost = int(spec.get("cost", 1))  # VerifyRequest has checked the spec's numbers
     if spec.get("limit") is not None and spec.get("duration") is not None:
         config = RatelimitConfig(name, int(spec["limit"]), int(spec["duration"]))
-        return LimitCheck(ratelimit_state_key(record.key_id + ":adhoc", name, config.duration),
+        return LimitCheck(ratelimit_state_key(owner + ":adhoc", name, config.duration),
                           config, cost)
-    named = _named_limits(record).get(name)
+    named = _named_limits(record, owner).get(name)
     if named is None:
         raise UnknownRatelimitError(name)
     return LimitCheck(named.state_key, named.config, cost)

@@ -317,10 +317,12 @@ class Keystile:
         """Replace a key with a new one of the same settings; the old one expires soon.
 
         The new key copies the old one's name, meta, expiry, enabled flag, identity,
-        permissions, roles, lease, rate limits (with fresh counters) and credits (the
-        balance and refill as they stand). The old key then expires ``expiration_ms``
-        from now (0: at once; more gives clients a grace period to move over), never
-        later than it already would; ``None`` leaves its expiry as it is.
+        permissions, roles, lease and rate limits, and spends the same credits and
+        rate-limit counters: while both are valid they share one balance and one set
+        of counters, and the new key goes on with them. The old key then expires
+        ``expiration_ms`` from now (0: at once; more gives clients a grace period to
+        move over), never later than it already would; ``None`` leaves its expiry as
+        it is.
         """
         if expiration_ms is not None and (
             isinstance(expiration_ms, bool) or not isinstance(expiration_ms, int)
@@ -329,23 +331,24 @@ class Keystile:
             raise ValidationError(f"expiration must be milliseconds from 0 to {MAX_EXPIRES}")
         old = self._key_doc(key_id)
         keyspace = self.get_keyspace(old["keyspace_id"])
-        now = self.now()
         plaintext = generate_key(keyspace.prefix, keyspace.default_bytes)
         doc: Doc = {field: old[field] for field in _REROLL_COPIES if field in old}
         doc.update(id=new_id("key"), hash=hash_key(plaintext), start=key_start(plaintext),
-                   created_at=now,
+                   created_at=self.now(), states_of=_states_owner(old),
                    ratelimits=[{**rl, "id": new_id("rl")} for rl in old.get("ratelimits") or ()])
-        state = self.store.read_states([credits_state_key(key_id)])[credits_state_key(key_id)]
-        if state is not None:
-            copied, target = apply_refill(state, now), credits_state_key(doc["id"])
-            self.store.transact([target], lambda _: ({target: dict(copied)}, None))
         self.store.insert("key", doc)
         if expiration_ms is not None:
-            retire_at = now + expiration_ms
-            if old.get("expires") is not None:
-                retire_at = min(retire_at, old["expires"])
-            self._save_key(key_id, {"expires": retire_at})
+            self._retire(old, expiration_ms)
         return CreatedKey(doc["id"], plaintext)
+
+    def _retire(self, doc: Doc, grace_ms: int) -> None:
+        """Make a key expire ``grace_ms`` from now (0: already), unless it expires sooner."""
+        now = self.now()
+        # expires is the last valid millisecond: 0 must reject the old key even within this one.
+        retire_at = now + grace_ms if grace_ms else now - 1
+        if doc.get("expires") is not None:
+            retire_at = min(retire_at, doc["expires"])
+        self._save_key(doc["id"], {"expires": retire_at})
 
     def get_key(self, key_id: str) -> KeyInfo:
         return self._key_info(self._key_doc(key_id))
@@ -380,7 +383,7 @@ class Keystile:
         lease: int | _Unset | None = UNSET,
     ) -> KeyInfo:
         """Change a key: an omitted argument leaves its field alone, ``None`` clears it."""
-        self._key_doc(key_id)  # fail before any side effect if there is no such key
+        doc = self._key_doc(key_id)  # fail before any side effect if there is no such key
         given = {k: v for k, v in {
             "name": name, "meta": meta, "expires": expires, "ratelimits": ratelimits,
             "permissions": permissions, "roles": roles, "lease": lease}.items() if v is not UNSET}
@@ -392,17 +395,20 @@ class Keystile:
             changes["identity_id"] = self._identity_id_for(external_id)
         if credits is not UNSET:
             credit = check_credits(credits)
-            self._write_credits(key_id, credit or Credits(None), self.now())
-            changes["credits_limited"] = credit is not None and credit.remaining is not None
+            self._write_credits(_states_owner(doc), credit or Credits(None), self.now())
+            self._set_credits_limited(doc, credit is not None and credit.remaining is not None)
         return self._save_key(key_id, changes)
 
     def delete_key(self, key_id: str, *, permanent: bool = False) -> None:
-        """Revoke a key at once; ``permanent`` also erases its hash and credit state."""
+        """Revoke a key at once; ``permanent`` also erases its hash and its credit state,
+        unless another key still spends that (the other key of a reroll)."""
         doc = self._key_doc(key_id)
         if permanent:
             self.store.delete("key", key_id)
-            self.store.transact([credits_state_key(key_id)],
-                                lambda _: ({credits_state_key(key_id): None}, None))
+            owner = _states_owner(doc)
+            if not self._spenders(owner):
+                state_key = credits_state_key(owner)
+                self.store.transact([state_key], lambda _: ({state_key: None}, None))
         else:
             deleted_at = self.now()
             doc = self.store.modify("key", key_id, lambda d: {**_live_key(d, key_id),
@@ -426,7 +432,7 @@ class Keystile:
         if operation != "set" and value is None:
             raise ValidationError(f"{operation} needs a value")
         now = self.now()
-        state_key = credits_state_key(key_id)
+        state_key = credits_state_key(_states_owner(doc))
 
         def step(states: Mapping[str, Doc | None]) -> tuple[dict[str, Doc | None], Doc]:
             current = states[state_key] or new_credit_state(None, None, now)
@@ -441,18 +447,15 @@ class Keystile:
             return {state_key: state}, state
 
         state = self.store.transact([state_key], step)
-        limited = state["remaining"] is not None
-        if doc.get("credits_limited") != limited:
-            self._save_key(key_id, {"credits_limited": limited})
+        self._set_credits_limited(doc, state["remaining"] is not None)
         return credits_from_state(state)  # with its refill, as Unkey answers
 
     def update_refill(self, key_id: str, refill: Refill | None) -> Credits | None:
         """Change how a key's credits refill, keeping what remains: one atomic step with
         the spends, so a verify spending meanwhile is never undone. ``None`` stops refills.
         The new schedule counts from now: its first refill is its next moment."""
-        self._key_doc(key_id)
+        state_key = credits_state_key(_states_owner(self._key_doc(key_id)))
         now = self.now()
-        state_key = credits_state_key(key_id)
 
         def step(states: Mapping[str, Doc | None]) -> tuple[dict[str, Doc | None], Doc]:
             state = apply_refill(states[state_key] or new_credit_state(None, None, now), now)
@@ -527,22 +530,36 @@ class Keystile:
             return None if value is None else check_lease(value)
         return self._existing_roles(check_slugs(value, "role"))
 
-    def _write_credits(self, key_id: str, credit: Credits, now: int) -> None:
+    def _write_credits(self, owner: str, credit: Credits, now: int) -> None:
         refill = credit.refill.to_dict() if credit.refill else None
         state = new_credit_state(credit.remaining, refill, now)
-        key = credits_state_key(key_id)
+        key = credits_state_key(owner)
         self.store.transact([key], lambda _: ({key: state}, None))
+
+    def _spenders(self, owner: str) -> list[Doc]:
+        """The live keys spending the states of key ``owner``: itself and its rerolls."""
+        docs = [self.store.get("key", owner), *self.store.scan_all("key", ("states_of", owner))]
+        return [doc for doc in docs if doc is not None and doc.get("deleted_at") is None]
+
+    def _set_credits_limited(self, doc: Doc, limited: bool) -> None:
+        """Mark the keys spending ``doc``'s credits limited or not, all alike (each
+        verify skips the credit state of a key marked unlimited)."""
+        if doc.get("credits_limited") == limited:
+            return  # and so are the others: they change together
+        for spender in self._spenders(_states_owner(doc)):
+            if spender.get("credits_limited") != limited:
+                self._save_key(spender["id"], {"credits_limited": limited})
 
     def _key_info(self, doc: Doc) -> KeyInfo:
         return self._key_infos([doc])[0]
 
     def _key_infos(self, docs: Sequence[Doc]) -> list[KeyInfo]:
         states = self.store.read_states([name for d in docs for name in (
-            credits_state_key(d["id"]), last_used_state_key(d["id"]))])
+            credits_state_key(_states_owner(d)), last_used_state_key(d["id"]))])
         now = self.now()
         infos = []
         for doc in docs:
-            state = states[credits_state_key(doc["id"])]
+            state = states[credits_state_key(_states_owner(doc))]
             used = states[last_used_state_key(doc["id"])]
             identity = self.store.get("identity", doc["identity_id"]) if doc.get(
                 "identity_id") else None
@@ -579,11 +596,16 @@ class Keystile:
         start, end = self._range(since, until)
         where = _event_filter(api_id, keyspace_id, None, identity, tags, codes)
         ranked = top(self._events(start, end, where), "key", _check_limit(limit))
-        states = self.store.read_states([credits_state_key(entry.id) for entry in ranked])
+        owners = {}
+        for entry in ranked:
+            doc = self.store.get("key", entry.id)
+            owners[entry.id] = credits_state_key(_states_owner(doc)) if doc else None
+        states = self.store.read_states([name for name in owners.values() if name])
         now = self.now()
         out = []
         for entry in ranked:
-            state = states[credits_state_key(entry.id)]
+            owner = owners[entry.id]
+            state = states[owner] if owner else None
             remaining = apply_refill(state, now)["remaining"] if state else None
             out.append(dataclasses.replace(entry, credits=remaining))
         return out
@@ -803,6 +825,11 @@ def _event_filter(api_id: str | None, keyspace_id: str | None, key_id: str | Non
     if unknown:
         raise ValidationError(f"unknown outcome code: {', '.join(map(str, unknown))}")
     return EventFilter(api_id, keyspace_id, key_id, identity, tags, codes)
+
+
+def _states_owner(doc: Doc) -> str:
+    """The key whose credits and key-scoped rate-limit counters ``doc`` spends."""
+    return str(doc.get("states_of") or doc["id"])
 
 
 def _live_key(doc: Doc | None, key_id: str) -> Doc:

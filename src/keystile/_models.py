@@ -221,6 +221,9 @@ class KeyRecord:
     credits_limited: bool
     #: Leased mode for this key (units per store trip); ``None``: its keyspace's setting.
     lease: int | None = None
+    #: The key whose credits and key-scoped rate-limit counters this one spends (a
+    #: rerolled key shares those of the key it replaced); ``None``: its own.
+    states_of: str | None = None
     permission_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     #: True when a verify of this key needs no store trip (no credits, no auto-applied limit).
     static_only: bool = field(default=False, compare=False, repr=False)

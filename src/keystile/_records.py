@@ -107,6 +107,7 @@ def key_record_from_docs(
         identity=identity_from_doc(identity) if identity else None,
         credits_limited=bool(key.get("credits_limited", False)),
         lease=key.get("lease"),
+        states_of=key.get("states_of"),
     )
 
 

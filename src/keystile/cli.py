@@ -172,6 +172,21 @@ def expires_spec(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+
+def duration_spec(text: str) -> int:
+    """Milliseconds from ``0`` or amounts with units: ``500ms``, ``90s``, ``30m``, ``24h``,
+    ``7d``, ``1h30m``. A bare number other than 0 is refused: seconds or milliseconds?"""
+    if text == "0":
+        return 0
+    parts = _DURATION.findall(text)
+    if not parts or "".join(amount + unit for amount, unit in parts) != text:
+        raise argparse.ArgumentTypeError("expected 0 or a duration such as 90s, 30m, 24h, 7d, 1h30m")
+    return sum(int(amount) * _DURATION_UNITS[unit] for amount, unit in parts)
+
+
 def meta_spec(text: str) -> dict[str, Any]:
     try:
         meta = json.loads(text)
@@ -279,6 +294,11 @@ def _keys_credits(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     return {"remaining": credits.remaining if credits else None}, 0
 
 
+def _keys_reroll(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    created = ks.reroll_key(a.key_id, expiration_ms=a.grace)
+    return {**created.to_dict(), "oldKeyExpires": ks.get_key(a.key_id).expires}, 0
+
+
 def _identities_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     return ks.create_identity(a.external_id, meta=a.meta, ratelimits=a.ratelimit).to_dict(), 0
 
@@ -292,15 +312,13 @@ def _permissions_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     return ks.create_permission(a.slug, name=a.name, description=a.description).to_dict(), 0
 
 
-_DURATION = re.compile(r"(\d+)(s|m|h|d|w)")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
 def moment_spec(text: str) -> int | dt.timedelta:
-    """A duration ago (``90s``, ``30m``, ``24h``, ``7d``, ``2w``), Unix ms, or ISO 8601."""
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    """A duration ago (``90s``, ``30m``, ``24h``, ``7d``, ``1h30m``), Unix ms, or ISO 8601."""
+    if not text.isdigit():
+        try:
+            return dt.timedelta(milliseconds=duration_spec(text))
+        except argparse.ArgumentTypeError:
+            pass
     try:
         return expires_spec(text)
     except argparse.ArgumentTypeError:
@@ -467,6 +485,14 @@ def _add_keys(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     credits.add_argument("operation", choices=["set", "increment", "decrement"])
     credits.add_argument("value", type=credits_spec, nargs="?", default=None)
     credits.set_defaults(handler=_keys_credits)
+
+    reroll = sub.add_parser("reroll", parents=common,
+                            help="replace a key with a new one (shown once) of the same settings")
+    reroll.add_argument("key_id")
+    reroll.add_argument("--grace", type=duration_spec, required=True, metavar="DURATION",
+                        help="how long the old key stays valid, sharing credits and rate limits"
+                             " with the new one: 0 (rejected at once), 90s, 30m, 24h, 7d")
+    reroll.set_defaults(handler=_keys_reroll)
 
 
 def _add_rbac(groups: Any, common: list[argparse.ArgumentParser]) -> None:

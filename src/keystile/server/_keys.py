@@ -375,7 +375,8 @@ def reroll_key(call: Call, body: Body) -> dict[str, Any]:
 REROLL_REQUEST = obj({
     "keyId": ID,
     "expiration": nullable(integer(0, MAX_EXPIRES, description=(
-        "Milliseconds until the old key expires (0: now); null: it keeps its expiry."))),
+        "Milliseconds the old key stays valid, sharing credits and rate limits with the new"
+        " one (0: rejected at once); null: it keeps its expiry."))),
 }, required=["keyId", "expiration"], strict=False)
 
 

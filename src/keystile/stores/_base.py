@@ -36,7 +36,7 @@ R = TypeVar("R")
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "api": ((), ()),
     "keyspace": (("prefix",), ("api_id",)),
-    "key": (("hash",), ("api_id", "identity_id")),
+    "key": (("hash",), ("api_id", "identity_id", "states_of")),
     "identity": (("external_id",), ()),
     "role": (("name",), ()),
     "permission": (("slug",), ()),

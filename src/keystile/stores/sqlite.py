@@ -23,32 +23,36 @@ __all__ = ["SQLiteStore"]
 
 R = TypeVar("R")
 
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,"
-    " PRIMARY KEY (kind, id)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
-    # Analytics: one row per verification, written in batches off the request path.
-    "CREATE TABLE IF NOT EXISTS events (time INTEGER NOT NULL, code TEXT NOT NULL, key_id TEXT,"
-    " keyspace_id TEXT, api_id TEXT, identity_id TEXT, external_id TEXT, tags TEXT,"
-    " spent INTEGER NOT NULL, instance TEXT, region TEXT)",
-    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
-    "CREATE INDEX IF NOT EXISTS events_key ON events(key_id, time)",
-    "CREATE INDEX IF NOT EXISTS events_api ON events(api_id, time)",
-    "CREATE INDEX IF NOT EXISTS events_identity ON events(identity_id, time)",
-]
+# Table or index name -> the statement creating it.
+_SCHEMA = {
+    "docs": "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, id TEXT NOT NULL,"
+            " doc TEXT NOT NULL, PRIMARY KEY (kind, id)) WITHOUT ROWID",
+    "state": "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
+}
+for _kind, (_uniques, _groups) in KINDS.items():
+    _SCHEMA.update(
+        (f"u_{_kind}_{_f}", f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f}"
+                            f" ON docs(json_extract(doc, '$.{_f}')) WHERE kind = '{_kind}'")
+        for _f in _uniques
+    )
+    _SCHEMA.update(
+        (f"g_{_kind}_{_f}", f"CREATE INDEX IF NOT EXISTS g_{_kind}_{_f}"
+                            f" ON docs(json_extract(doc, '$.{_f}'), id) WHERE kind = '{_kind}'")
+        for _f in _groups
+    )
+
+# Analytics: one row per verification, written in batches off the request path.
+_SCHEMA.update({
+    "events": "CREATE TABLE IF NOT EXISTS events (time INTEGER NOT NULL, code TEXT NOT NULL,"
+              " key_id TEXT, keyspace_id TEXT, api_id TEXT, identity_id TEXT, external_id TEXT,"
+              " tags TEXT, spent INTEGER NOT NULL, instance TEXT, region TEXT)",
+    "events_time": "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
+    "events_key": "CREATE INDEX IF NOT EXISTS events_key ON events(key_id, time)",
+    "events_api": "CREATE INDEX IF NOT EXISTS events_api ON events(api_id, time)",
+    "events_identity": "CREATE INDEX IF NOT EXISTS events_identity ON events(identity_id, time)",
+})
 _EVENT_COLUMNS = ("time, code, key_id, keyspace_id, api_id, identity_id, external_id, tags, spent,"
                   " instance, region")
-for _kind, (_uniques, _groups) in KINDS.items():
-    _SCHEMA += [
-        f"CREATE UNIQUE INDEX IF NOT EXISTS u_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'))"
-        f" WHERE kind = '{_kind}'"
-        for _f in _uniques
-    ]
-    _SCHEMA += [
-        f"CREATE INDEX IF NOT EXISTS g_{_kind}_{_f} ON docs(json_extract(doc, '$.{_f}'), id)"
-        f" WHERE kind = '{_kind}'"
-        for _f in _groups
-    ]
 
 
 def _path_from_url(url: str) -> str:
@@ -142,11 +146,15 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events_identity'").fetchone():
-            return  # the whole schema (the last statement's index exists); else add what lacks
+        # Every name, not just one: a file made by an older keystile gets the indexes added since.
+        marks = ",".join("?" * len(_SCHEMA))
+        found = conn.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({marks})",
+                             list(_SCHEMA)).fetchone()[0]
+        if found == len(_SCHEMA):
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA.values():
                 conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
