@@ -27,6 +27,7 @@ from ._errors import (
     StoreUnavailableError,
     UnknownRatelimitError,
     ValidationError,
+    VaultError,
 )
 from ._keys import generate_key, hash_key
 from ._manage import UNSET, KeyPage, Keystile
@@ -90,6 +91,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnknownRatelimitError",
     "ValidationError",
+    "VaultError",
     "Verifier",
     "VerifyRequest",
     "VerifyResult",

@@ -1,0 +1,440 @@
+"""Recoverable keys: the vault on every store, its master and data keys, the CLI and the server.
+
+Raw store documents and bytes are read straight from the store (the SQLite file, the
+Redis values) to check what is kept, and what is never kept in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from keystile import (
+    AsyncKeystile,
+    Code,
+    ConfigurationError,
+    Keystile,
+    MemoryStore,
+    NotFoundError,
+    Store,
+    ValidationError,
+    VaultError,
+)
+from keystile._vault import unwrap_data_key
+from keystile.stores._base import KINDS
+
+if TYPE_CHECKING:
+    from conftest import Clock
+
+MASTER_RAW = bytes(range(1, 33))
+MASTER = base64.b64encode(MASTER_RAW).decode()
+NEW_MASTER = base64.b64encode(b"n" * 32).decode()
+OTHER_MASTER = base64.b64encode(b"o" * 32).decode()
+ENV_NAMES = ("KEYSTILE_MASTER_KEY", "KEYSTILE_MASTER_KEY_FILE", "KEYSTILE_NEW_MASTER_KEY")
+
+Opener = Callable[..., Keystile]
+
+
+@pytest.fixture(autouse=True)
+def no_master_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def open_ks(store_url: str, clock: Clock) -> Iterator[Opener]:
+    """Opens Keystile objects on one store (memory: one shared MemoryStore), each with the
+    master key it is given (default MASTER; ``None``: none)."""
+    shared: Store | str = MemoryStore() if store_url.startswith("memory:") else store_url
+    opened: list[Keystile] = []
+
+    def open_(master_key: str | None = MASTER, **options: Any) -> Keystile:
+        keystile = Keystile(shared, now=clock, master_key=master_key, **options)
+        opened.append(keystile)
+        return keystile
+
+    yield open_
+    for keystile in opened:
+        keystile.close()
+
+
+@pytest.fixture
+def vks(open_ks: Opener) -> Keystile:
+    return open_ks()
+
+
+@pytest.fixture
+def api_id(vks: Keystile) -> str:
+    return vks.create_api("payments", prefix="sk_live", store_encrypted_keys=True).id
+
+
+def raw_documents(ks: Keystile, kind: str) -> list[dict[str, Any]]:
+    return ks.store.scan_all(kind)
+
+
+def raw_store_bytes(ks: Keystile, store_url: str) -> bytes:
+    """Everything the store holds, as bytes: the SQLite files (WAL included), every Redis
+    value under the store's prefix, or every document of the memory store."""
+    if store_url.startswith("sqlite:"):
+        path = Path(store_url[len("sqlite:///"):])
+        return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+    if store_url.startswith("redis"):
+        client = ks.store.client  # type: ignore[attr-defined]
+        chunks: list[bytes] = []
+        for name in client.scan_iter(match=ks.store.prefix + "*"):  # type: ignore[attr-defined]
+            kind = client.type(name)
+            if kind == b"string":
+                chunks.append(client.get(name))
+            elif kind == b"hash":
+                chunks += [part for item in client.hgetall(name).items() for part in item]
+            elif kind == b"zset":
+                chunks += client.zrange(name, 0, -1)
+            else:
+                raise AssertionError(f"unexpected Redis type {kind!r} at {name!r}")
+        return b"\n".join(chunks)
+    return json.dumps({kind: ks.store.scan_all(kind) for kind in KINDS}).encode()
+
+
+# -- round trip and what is stored -------------------------------------------------------------------
+
+
+def test_if_a_key_of_an_api_storing_encrypted_keys_is_recovered_then_its_plaintext_comes_back(
+    vks: Keystile, api_id: str,
+) -> None:
+    created = vks.create_key(api_id, credits=5)
+
+    recovered = vks.recover_key(created.key_id)
+
+    assert recovered == created.key
+    assert vks.verify(recovered).code is Code.VALID
+    assert [doc["id"] for doc in raw_documents(vks, "encrypted_key")] == [created.key_id]
+
+
+def test_if_the_api_does_not_store_encrypted_keys_then_the_store_keeps_no_ciphertext(
+    vks: Keystile,
+) -> None:
+    plain_api = vks.create_api("plain", prefix="sk_plain").id
+    created = vks.create_key(plain_api)
+
+    with pytest.raises(NotFoundError, match="not recoverable"):
+        vks.recover_key(created.key_id)
+    assert raw_documents(vks, "encrypted_key") == [] and raw_documents(vks, "vault") == []
+
+
+def test_if_recoverable_is_asked_of_an_api_without_encrypted_keys_then_validation_error(
+    vks: Keystile,
+) -> None:
+    plain_api = vks.create_api("plain", prefix="sk_plain").id
+
+    with pytest.raises(ValidationError, match="store_encrypted_keys=True"):
+        vks.create_key(plain_api, recoverable=True)
+    assert vks.list_keys(plain_api).keys == [] and raw_documents(vks, "vault") == []
+
+
+def test_if_recoverable_is_false_then_a_key_of_an_api_storing_encrypted_keys_is_not_sealed(
+    vks: Keystile, api_id: str,
+) -> None:
+    created = vks.create_key(api_id, recoverable=False)
+
+    with pytest.raises(NotFoundError):
+        vks.recover_key(created.key_id)
+    assert raw_documents(vks, "encrypted_key") == []
+
+
+def test_if_keys_are_recoverable_then_no_plaintext_or_key_material_is_in_the_store_in_clear(
+    vks: Keystile, api_id: str, store_url: str,
+) -> None:
+    keys = [vks.create_key(api_id).key for _ in range(3)]
+    vks.rotate_data_key()
+    keys.append(vks.create_key(api_id).key)
+    ring = raw_documents(vks, "vault")[0]
+    data_keys = [unwrap_data_key(MASTER_RAW, int(v), entry) for v, entry in ring["data_keys"].items()]
+
+    stored = raw_store_bytes(vks, store_url)
+
+    assert len(data_keys) == 2 and len(stored) > 1000
+    for key in keys:
+        assert key.encode() not in stored and key.split("_")[-1].encode() not in stored
+    for secret in (MASTER_RAW, MASTER.encode(), *data_keys,
+                   *(base64.b64encode(k) for k in data_keys)):
+        assert secret not in stored
+
+
+# -- tampering and wrong keys -------------------------------------------------------------------------
+
+
+def test_if_the_ciphertext_is_changed_in_the_store_then_recovery_raises_vault_error(
+    vks: Keystile, api_id: str,
+) -> None:
+    created = vks.create_key(api_id)
+    sealed = vks.store.get("encrypted_key", created.key_id)
+    assert sealed is not None
+    raw = bytearray(base64.b64decode(sealed["ciphertext"]))
+    raw[0] ^= 1
+    vks.store.replace("encrypted_key", {**sealed, "ciphertext": base64.b64encode(raw).decode()})
+
+    with pytest.raises(VaultError, match=f"encrypted copy of key {created.key_id} does not open"):
+        vks.recover_key(created.key_id)
+
+
+def test_if_a_ciphertext_is_moved_to_another_key_then_it_does_not_open(
+    vks: Keystile, api_id: str,
+) -> None:
+    first, second = vks.create_key(api_id), vks.create_key(api_id)
+    sealed = vks.store.get("encrypted_key", first.key_id)
+    assert sealed is not None
+    vks.store.replace("encrypted_key", {**sealed, "id": second.key_id})
+
+    with pytest.raises(VaultError):  # the key id is the associated data
+        vks.recover_key(second.key_id)
+    assert vks.recover_key(first.key_id) == first.key
+
+
+def test_if_the_master_key_is_wrong_then_recovery_and_sealing_raise_vault_error(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    created = vks.create_key(api_id)
+    wrong = open_ks(OTHER_MASTER)
+
+    with pytest.raises(VaultError, match="KEYSTILE_MASTER_KEY") as caught:
+        wrong.recover_key(created.key_id)
+    with pytest.raises(VaultError):
+        wrong.create_key(api_id)
+    with pytest.raises(VaultError):
+        wrong.rotate_data_key()
+
+    assert OTHER_MASTER not in str(caught.value) and created.key not in str(caught.value)
+    assert [k.id for k in vks.list_keys(api_id).keys] == [created.key_id]  # nothing half-made
+    assert len(raw_documents(vks, "vault")[0]["data_keys"]) == 1
+
+
+# -- without a master key -----------------------------------------------------------------------------
+
+
+def test_if_there_is_no_master_key_then_a_recoverable_key_is_refused_naming_the_variable(
+    open_ks: Opener,
+) -> None:
+    ks = open_ks(None)
+    api = ks.create_api("payments", store_encrypted_keys=True)
+
+    with pytest.raises(ConfigurationError, match="KEYSTILE_MASTER_KEY"):
+        ks.create_key(api.id, prefix="sk_live")
+
+    assert ks.list_keys(api.id).keys == [] and raw_documents(ks, "vault") == []
+    assert ks.get_keyspace(api.keyspace_id).prefix != "sk_live"  # not even the prefix was claimed
+    assert ks.create_key(api.id, recoverable=False).key  # a key that is not recoverable is fine
+
+
+def test_if_there_is_no_master_key_then_recovery_fails_clearly_and_verification_still_works(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    created = vks.create_key(api_id, permissions=["docs.read"])
+    without = open_ks(None)
+
+    with pytest.raises(ConfigurationError, match="KEYSTILE_MASTER_KEY"):
+        without.recover_key(created.key_id)
+    for kind in ("vault", "encrypted_key"):  # verification never reads the vault
+        for doc in raw_documents(vks, kind):
+            vks.store.delete(kind, doc["id"])
+    result = open_ks(None).verify(created.key, permissions="docs.read")
+
+    assert result.code is Code.VALID and result.key_id == created.key_id
+
+
+# -- rotation ----------------------------------------------------------------------------------------
+
+
+def test_if_the_master_key_is_rotated_then_every_key_opens_with_the_new_key_only(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    before = vks.create_key(api_id)
+    sealed_before = raw_documents(vks, "encrypted_key")
+
+    rewrapped = vks.rotate_master_key(NEW_MASTER)
+    after = vks.create_key(api_id)
+
+    assert rewrapped == 1
+    assert vks.recover_key(before.key_id) == before.key and vks.recover_key(after.key_id) == after.key
+    assert open_ks(NEW_MASTER).recover_key(before.key_id) == before.key
+    with pytest.raises(VaultError):
+        open_ks(MASTER).recover_key(before.key_id)
+    assert [d for d in raw_documents(vks, "encrypted_key") if d["id"] == before.key_id] == sealed_before
+
+
+def test_if_the_old_master_key_is_wrong_then_rotation_changes_nothing(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    created = vks.create_key(api_id)
+    ring = raw_documents(vks, "vault")
+
+    with pytest.raises(VaultError):
+        open_ks(OTHER_MASTER).rotate_master_key(NEW_MASTER)
+    with pytest.raises(ConfigurationError, match="KEYSTILE_MASTER_KEY"):
+        open_ks(None).rotate_master_key(NEW_MASTER)
+    with pytest.raises(ConfigurationError, match="new master key"):
+        vks.rotate_master_key("too short")
+
+    assert raw_documents(vks, "vault") == ring and vks.recover_key(created.key_id) == created.key
+
+
+def test_if_the_data_key_is_rotated_then_new_keys_use_the_new_version_and_old_ones_still_open(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    old = vks.create_key(api_id)
+
+    version = vks.rotate_data_key()
+    new = vks.create_key(api_id)
+    vks.rotate_master_key(NEW_MASTER)
+
+    versions = {doc["id"]: doc["version"] for doc in raw_documents(vks, "encrypted_key")}
+    assert version == 2 and versions == {old.key_id: 1, new.key_id: 2}
+    reader = open_ks(NEW_MASTER)
+    assert reader.recover_key(old.key_id) == old.key and reader.recover_key(new.key_id) == new.key
+
+
+def test_if_nothing_was_sealed_yet_then_rotations_start_the_vault_under_the_given_key(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    rewrapped = vks.rotate_master_key(NEW_MASTER)
+    nothing_yet = raw_documents(vks, "vault")
+    version = vks.rotate_data_key()
+    created = vks.create_key(api_id)
+
+    assert (rewrapped, nothing_yet, version) == (0, [], 1)
+    assert open_ks(NEW_MASTER).recover_key(created.key_id) == created.key
+
+
+def test_if_two_keystiles_seal_their_first_keys_at_once_then_one_keyring_serves_both(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    others = [open_ks() for _ in range(4)]
+    barrier = threading.Barrier(len(others))
+    created: list[Any] = []
+
+    def create(ks: Keystile) -> None:
+        barrier.wait()
+        created.append(ks.create_key(api_id))
+
+    threads = [threading.Thread(target=create, args=(ks,)) for ks in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(created) == 4 and len(raw_documents(vks, "vault")) == 1
+    assert all(vks.recover_key(c.key_id) == c.key for c in created)
+
+
+# -- reroll and delete -------------------------------------------------------------------------------
+
+
+def test_if_a_recoverable_key_is_rerolled_then_the_new_key_is_recoverable_too(
+    vks: Keystile, api_id: str,
+) -> None:
+    old = vks.create_key(api_id)
+    unsealed = vks.create_key(api_id, recoverable=False)
+
+    new = vks.reroll_key(old.key_id, expiration_ms=0)
+    new_unsealed = vks.reroll_key(unsealed.key_id, expiration_ms=0)
+
+    assert vks.recover_key(new.key_id) == new.key and vks.recover_key(old.key_id) == old.key
+    with pytest.raises(NotFoundError):
+        vks.recover_key(new_unsealed.key_id)
+
+
+def test_if_a_recoverable_key_is_rerolled_without_the_means_to_seal_then_no_new_key_is_made(
+    vks: Keystile, api_id: str, open_ks: Opener,
+) -> None:
+    old = vks.create_key(api_id, credits=3)
+
+    with pytest.raises(ConfigurationError, match="KEYSTILE_MASTER_KEY"):
+        open_ks(None).reroll_key(old.key_id, expiration_ms=0)
+    vks.update_api(api_id, store_encrypted_keys=False)
+    with pytest.raises(ValidationError, match="does not store encrypted keys"):
+        vks.reroll_key(old.key_id, expiration_ms=0)
+
+    assert [k.id for k in vks.list_keys(api_id).keys] == [old.key_id]
+    assert vks.verify(old.key).code is Code.VALID  # and the old key was not retired
+
+
+def test_if_a_recoverable_key_is_deleted_then_it_is_not_found_and_permanent_erases_its_copy(
+    vks: Keystile, api_id: str,
+) -> None:
+    soft, hard = vks.create_key(api_id), vks.create_key(api_id)
+
+    vks.delete_key(soft.key_id)
+    vks.delete_key(hard.key_id, permanent=True)
+
+    for key_id in (soft.key_id, hard.key_id):
+        with pytest.raises(NotFoundError):
+            vks.recover_key(key_id)
+    assert [doc["id"] for doc in raw_documents(vks, "encrypted_key")] == [soft.key_id]
+
+
+# -- the master key's sources --------------------------------------------------------------------------
+
+
+def test_if_the_master_key_is_in_the_environment_or_a_file_then_keystile_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = f"sqlite:///{tmp_path / 'keys.db'}"
+    with Keystile(path, master_key=MASTER_RAW) as ks:  # raw bytes work too
+        api = ks.create_api("payments", prefix="sk_live", store_encrypted_keys=True)
+        created = ks.create_key(api.id)
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+    with Keystile(path) as ks:
+        from_variable = ks.recover_key(created.key_id)
+    monkeypatch.delenv("KEYSTILE_MASTER_KEY")
+    (tmp_path / "master.key").write_text(MASTER + "\n")
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    with Keystile(path) as ks:
+        from_file = ks.recover_key(created.key_id)
+
+    assert from_variable == from_file == created.key
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"KEYSTILE_MASTER_KEY": "c2hvcnQ="}, "KEYSTILE_MASTER_KEY must be the base64 of 32"),
+    ({"KEYSTILE_MASTER_KEY": "not base64 at all!!"}, "KEYSTILE_MASTER_KEY must be the base64 of 32"),
+    ({"KEYSTILE_MASTER_KEY_FILE": "/nonexistent/master.key"}, "'/nonexistent/master.key' cannot be read"),
+    ({"KEYSTILE_MASTER_KEY": MASTER, "KEYSTILE_MASTER_KEY_FILE": "/x"}, "not both"),
+])
+def test_if_the_master_key_is_malformed_then_configuration_error_at_construction_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str,
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        Keystile("memory://")
+
+    assert "c2hvcnQ=" not in str(caught.value) and MASTER not in str(caught.value)
+
+
+def test_if_a_keystile_with_a_master_key_is_shown_then_the_key_is_not(vks: Keystile) -> None:
+    shown = f"{vks!r} {vks.vault!r} {vars(vks)!r}"
+
+    assert MASTER not in shown and repr(MASTER_RAW) not in shown
+    assert "master key set" in repr(vks.vault)
+
+
+async def test_if_the_async_face_recovers_and_rotates_then_it_matches_the_sync_one(
+    store_url: str, clock: Clock,
+) -> None:
+    aks = AsyncKeystile(store_url, now=clock, master_key=MASTER)
+    try:
+        api = await aks.create_api("async", prefix="sk_async", store_encrypted_keys=True)
+        created = await aks.create_key(api.id)
+        version = await aks.rotate_data_key()
+        rewrapped = await aks.rotate_master_key(NEW_MASTER)
+
+        assert await aks.recover_key(created.key_id) == created.key
+        assert (version, rewrapped) == (2, 2)
+    finally:
+        await aks.close()
