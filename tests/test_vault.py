@@ -27,6 +27,7 @@ from keystile import (
     VaultError,
 )
 from keystile._vault import unwrap_data_key
+from keystile.cli import main
 from keystile.stores._base import KINDS
 
 if TYPE_CHECKING:
@@ -438,3 +439,109 @@ async def test_if_the_async_face_recovers_and_rotates_then_it_matches_the_sync_o
         assert (version, rewrapped) == (2, 2)
     finally:
         await aks.close()
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], store: str, *argv: str, status: int = 0) -> Any:
+    code = main([*argv, "--store", store, "--json"])
+    out = capsys.readouterr().out
+    assert code == status, out
+    return json.loads(out)
+
+
+@pytest.fixture
+def cli_key(sqlite_url: str, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A recoverable key made with the CLI under MASTER (the variable is unset after)."""
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+    api = run_cli(capsys, sqlite_url, "apis", "create", "payments", "--prefix", "sk_live",
+                  "--store-encrypted-keys")
+    created: dict[str, Any] = run_cli(capsys, sqlite_url, "keys", "create", "--api", api["apiId"])
+    monkeypatch.delenv("KEYSTILE_MASTER_KEY")
+    return created
+
+
+def test_if_the_cli_recovers_a_key_then_it_prints_the_key_again(
+    cli_key: dict[str, Any], sqlite_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+
+    recovered = run_cli(capsys, sqlite_url, "keys", "recover", cli_key["keyId"])
+
+    assert recovered == cli_key
+
+
+def test_if_the_cli_recovers_without_a_master_key_then_exit_2_naming_the_variable(
+    cli_key: dict[str, Any], sqlite_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["keys", "recover", cli_key["keyId"], "--store", sqlite_url])
+    captured = capsys.readouterr()
+
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("keystile: error: recoverable keys need a master key: set"
+                                   " KEYSTILE_MASTER_KEY")
+    assert "Traceback" not in captured.err and cli_key["key"] not in captured.err
+
+
+def test_if_the_cli_makes_a_key_recoverable_only_where_the_api_stores_encrypted_keys(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+    api = run_cli(capsys, sqlite_url, "apis", "create", "payments", "--prefix", "sk_live")
+
+    refused = run_cli(capsys, sqlite_url, "keys", "create", "--api", api["apiId"], "--recoverable",
+                      status=2)
+    updated = run_cli(capsys, sqlite_url, "apis", "update", api["apiId"], "--store-encrypted-keys")
+    created = run_cli(capsys, sqlite_url, "keys", "create", "--api", api["apiId"], "--recoverable")
+    unsealed = run_cli(capsys, sqlite_url, "keys", "create", "--api", api["apiId"],
+                       "--no-recoverable")
+
+    assert refused["error"]["type"] == "ValidationError"
+    assert updated["keyspace"]["storeEncryptedKeys"] is True
+    assert run_cli(capsys, sqlite_url, "keys", "recover", created["keyId"]) == created
+    assert run_cli(capsys, sqlite_url, "keys", "recover", unsealed["keyId"],
+                   status=2)["error"]["type"] == "NotFoundError"
+
+
+def test_if_the_cli_rotates_the_master_key_then_only_the_new_one_recovers(
+    cli_key: dict[str, Any], sqlite_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    (tmp_path / "new.key").write_text(NEW_MASTER + "\n")
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+
+    rotated = run_cli(capsys, sqlite_url, "vault", "rotate", "--new-key-file", str(tmp_path / "new.key"))
+    stale = run_cli(capsys, sqlite_url, "keys", "recover", cli_key["keyId"], status=2)
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", NEW_MASTER)
+    version = run_cli(capsys, sqlite_url, "vault", "rotate-data-key")
+    monkeypatch.setenv("KEYSTILE_NEW_MASTER_KEY", OTHER_MASTER)
+    again = run_cli(capsys, sqlite_url, "vault", "rotate")
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", OTHER_MASTER)
+
+    assert rotated == {"rewrappedDataKeys": 1} and again == {"rewrappedDataKeys": 2}
+    assert stale["error"]["type"] == "VaultError" and "KEYSTILE_MASTER_KEY" in stale["error"]["message"]
+    assert version == {"dataKeyVersion": 2}
+    assert run_cli(capsys, sqlite_url, "keys", "recover", cli_key["keyId"]) == cli_key
+
+
+@pytest.mark.parametrize("new_key", [None, "c2hvcnQ=", "file:missing"])
+def test_if_the_cli_rotates_without_a_good_new_key_then_exit_2_and_nothing_changes(
+    cli_key: dict[str, Any], sqlite_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, new_key: str | None,
+) -> None:
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", MASTER)
+    argv = ["vault", "rotate"]
+    if new_key == "file:missing":
+        argv += ["--new-key-file", str(tmp_path / "missing.key")]
+    elif new_key is not None:
+        monkeypatch.setenv("KEYSTILE_NEW_MASTER_KEY", new_key)
+
+    refused = run_cli(capsys, sqlite_url, *argv, status=2)
+
+    message = refused["error"]["message"]
+    assert refused["error"]["type"] == "ConfigurationError" and "c2hvcnQ=" not in message
+    assert "--new-key-file" in message or "KEYSTILE_NEW_MASTER_KEY" in message
+    assert run_cli(capsys, sqlite_url, "keys", "recover", cli_key["keyId"]) == cli_key
