@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
+from test_server import Server
 
 from keystile import (
     AsyncKeystile,
@@ -28,6 +32,7 @@ from keystile import (
 )
 from keystile._vault import unwrap_data_key
 from keystile.cli import main
+from keystile.server import build_app
 from keystile.stores._base import KINDS
 
 if TYPE_CHECKING:
@@ -545,3 +550,128 @@ def test_if_the_cli_rotates_without_a_good_new_key_then_exit_2_and_nothing_chang
     assert refused["error"]["type"] == "ConfigurationError" and "c2hvcnQ=" not in message
     assert "--new-key-file" in message or "KEYSTILE_NEW_MASTER_KEY" in message
     assert run_cli(capsys, sqlite_url, "keys", "recover", cli_key["keyId"]) == cli_key
+
+
+# -- keystile serve ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(ks: Keystile) -> AsyncIterator[Server]:
+    """keystile serve's app on ``ks``, in process (test_server's helper)."""
+    app = build_app(ks)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://keystile.test") as client:
+        server = Server(app, ks, client)
+        server.document = (await client.get("/openapi.json")).json()
+        yield server
+
+
+@pytest.fixture
+async def server(sqlite_url: str, clock: Clock) -> AsyncIterator[Server]:
+    with Keystile(sqlite_url, now=clock, master_key=MASTER) as ks:
+        async with serving(ks) as running:
+            yield running
+
+
+async def encrypting_api(server: Server) -> str:
+    api_id = await server.api()
+    server.ks.update_api(api_id, store_encrypted_keys=True)
+    return api_id
+
+
+async def test_if_a_recoverable_key_is_got_with_decrypt_then_its_plaintext_comes_back(
+    server: Server,
+) -> None:
+    api_id = await encrypting_api(server)
+    sealed = await server.key(api_id, recoverable=True)
+    unsealed = await server.key(api_id, recoverable=False)
+
+    decrypted = await server.ok("keys.getKey", {"keyId": sealed["keyId"], "decrypt": True})
+    plain = await server.ok("keys.getKey", {"keyId": sealed["keyId"]})
+    other = await server.ok("keys.getKey", {"keyId": unsealed["keyId"], "decrypt": True})
+    listed = await server.ok("apis.listKeys", {"apiId": api_id, "decrypt": True})
+
+    assert decrypted["plaintext"] == sealed["key"]
+    assert "plaintext" not in plain and "plaintext" not in other  # as Unkey answers
+    assert {item["keyId"]: item.get("plaintext") for item in listed} == {
+        item["keyId"]: None for item in listed} | {sealed["keyId"]: sealed["key"]}
+
+
+async def test_if_the_root_key_may_not_encrypt_or_decrypt_then_403(server: Server) -> None:
+    api_id = await encrypting_api(server)
+    sealed = await server.key(api_id, recoverable=True)
+    creator = server.root_key("api.*.create_key", "api.*.read_key", "api.*.read_api")
+
+    create = await server.fail("keys.createKey", {"apiId": api_id, "recoverable": True}, 403,
+                               "unkey/authorization/insufficient_permissions", key=creator)
+    get = await server.fail("keys.getKey", {"keyId": sealed["keyId"], "decrypt": True}, 403,
+                            "unkey/authorization/insufficient_permissions", key=creator)
+    await server.fail("apis.listKeys", {"apiId": api_id, "decrypt": True}, 403,
+                      "unkey/authorization/insufficient_permissions", key=creator)
+    await server.fail("keys.rerollKey", {"keyId": sealed["keyId"], "expiration": 0}, 403,
+                      "unkey/authorization/insufficient_permissions", key=creator)
+
+    assert "api.*.encrypt_key" in create["detail"] and "api.*.decrypt_key" in get["detail"]
+
+
+async def test_if_recoverable_is_asked_of_an_api_without_encrypted_keys_then_412(
+    server: Server,
+) -> None:
+    api_id = await server.api()
+
+    error = await server.fail("keys.createKey", {"apiId": api_id, "recoverable": True}, 412,
+                              "unkey/application/precondition_failed")
+
+    assert f"keystile apis update {api_id} --store-encrypted-keys" in error["detail"]
+    assert len(server.ks.list_keys(api_id).keys) == 1  # only the key that claimed the prefix
+
+
+async def test_if_the_server_has_no_master_key_then_recoverable_keys_get_412_and_verify_works(
+    sqlite_url: str, clock: Clock,
+) -> None:
+    with Keystile(sqlite_url, now=clock, master_key=MASTER) as ks:
+        async with serving(ks) as server:
+            api_id = await encrypting_api(server)
+            sealed = await server.key(api_id, recoverable=True)
+    with Keystile(sqlite_url, now=clock) as ks:
+        async with serving(ks) as server:
+            create = await server.fail("keys.createKey", {"apiId": api_id, "recoverable": True},
+                                       412, "unkey/application/precondition_failed")
+            get = await server.fail("keys.getKey", {"keyId": sealed["keyId"], "decrypt": True},
+                                    412, "unkey/application/precondition_failed")
+            await server.fail("keys.rerollKey", {"keyId": sealed["keyId"], "expiration": 0}, 412,
+                              "unkey/application/precondition_failed")
+            verified = await server.verify(sealed["key"])
+
+    assert "KEYSTILE_MASTER_KEY" in create["detail"] and "KEYSTILE_MASTER_KEY" in get["detail"]
+    assert verified["code"] == "VALID"
+
+
+async def test_if_the_vault_does_not_open_then_412_never_500_and_no_key_in_the_log(
+    sqlite_url: str, clock: Clock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Keystile(sqlite_url, now=clock, master_key=MASTER) as ks:
+        async with serving(ks) as server:
+            api_id = await encrypting_api(server)
+            sealed = await server.key(api_id, recoverable=True)
+    with caplog.at_level(logging.DEBUG), Keystile(sqlite_url, now=clock,
+                                                  master_key=OTHER_MASTER) as ks:
+        async with serving(ks) as server:
+            wrong = await server.fail("keys.getKey", {"keyId": sealed["keyId"], "decrypt": True},
+                                      412, "unkey/application/precondition_failed")
+            await server.fail("keys.createKey", {"apiId": api_id, "recoverable": True}, 412,
+                              "unkey/application/precondition_failed")
+
+    assert "master key does not open" in wrong["detail"]
+    assert sealed["key"] not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_if_a_recoverable_key_is_rerolled_then_the_new_key_decrypts(server: Server) -> None:
+    api_id = await encrypting_api(server)
+    old = await server.key(api_id, recoverable=True)
+
+    new = await server.ok("keys.rerollKey", {"keyId": old["keyId"], "expiration": 0})
+    got = await server.ok("keys.getKey", {"keyId": new["keyId"], "decrypt": True})
+
+    assert got["plaintext"] == new["key"] != old["key"]
+    assert (await server.verify(new["key"]))["code"] == "VALID"
