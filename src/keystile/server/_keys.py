@@ -133,10 +133,7 @@ def require_vault(call: Call, api_id: str) -> None:
         raise ApiError(412, "unkey/application/precondition_failed",
                        f"API {api_id} does not store encrypted keys, so its keys cannot be recoverable;"
                        f" turn it on with `keystile apis update {api_id} --store-encrypted-keys`.")
-    if not call.ks.vault.configured:
-        raise ApiError(412, "unkey/application/precondition_failed",
-                       "This server has no master key, so it cannot keep recoverable keys: start"
-                       " keystile serve with KEYSTILE_MASTER_KEY (or KEYSTILE_MASTER_KEY_FILE) set.")
+    call.ks.vault.require_master_key()  # its ConfigurationError is a 412 too
 
 
 def with_plaintext(call: Call, data: dict[str, Any]) -> dict[str, Any]:
