@@ -48,6 +48,7 @@ PUBLIC_NAMES = [
     "Top",
     "UnknownRatelimitError",
     "ValidationError",
+    "VaultError",
     "Verifier",
     "VerifyRequest",
     "VerifyResult",
@@ -83,7 +84,7 @@ def test_if_star_is_imported_then_exactly_the_public_names_arrive() -> None:
 
 def test_if_the_errors_are_public_then_all_descend_from_keystile_error() -> None:
     errors = [getattr(keystile, name) for name in PUBLIC_NAMES if name.endswith("Error")]
-    assert len(errors) == 10
+    assert len(errors) == 11
     assert all(issubclass(error, keystile.KeystileError) for error in errors)
     assert issubclass(keystile.StoreUnavailableError, keystile.StoreError)
     assert issubclass(keystile.PermissionQueryError, ValueError)

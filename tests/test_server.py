@@ -603,13 +603,6 @@ async def test_if_a_key_names_a_missing_role_or_api_then_404(server: Server) -> 
     await server.fail("keys.createKey", {"apiId": "api_missing"}, 404, "unkey/data/api_not_found")
 
 
-async def test_if_recoverable_keys_are_asked_for_then_412(server: Server) -> None:
-    api_id = await server.api()
-
-    await server.fail("keys.createKey", {"apiId": api_id, "recoverable": True}, 412,
-                      "unkey/application/precondition_failed")
-
-
 async def test_if_new_permissions_are_named_then_only_a_root_key_that_may_create_them_can(
     server: Server,
 ) -> None:

@@ -6,6 +6,7 @@ One server process per module, on a SQLite file; its root key comes from the rea
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import free_port
-from served import Served, keystile_cli, serving, wait_until_live
+from served import ROOT_PERMISSIONS, Served, keystile_cli, serving, wait_until_live
 from unkey.py import Unkey, errors
 
 from keystile import KeyAuthMiddleware, Keystile, VerifyResult
@@ -182,6 +183,22 @@ def test_if_unkey_py_rerolls_a_key_then_the_new_one_works_and_the_old_one_stops(
     assert new.key.startswith("sk_roll_") and new.key_id != old.key_id
     assert _code(unkey, old.key) == "EXPIRED"
     assert _code(unkey, new.key, permissions="docs.read") == "VALID"
+
+
+def test_if_unkey_py_creates_a_recoverable_key_then_get_key_decrypts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYSTILE_MASTER_KEY", base64.b64encode(b"m" * 32).decode())  # for serve too
+    store = f"sqlite:///{tmp_path / 'keys.db'}"
+    api = keystile_cli("apis", "create", "vaulted", "--prefix", "sk_vault", "--store-encrypted-keys",
+                       "--store", store)
+    permissions = [*ROOT_PERMISSIONS, "api.*.encrypt_key", "api.*.decrypt_key"]
+    with serving(store, tmp_path, permissions) as running, running.client() as unkey:
+        created = unkey.keys.create_key(api_id=api["apiId"], recoverable=True).data
+        decrypted = unkey.keys.get_key(key_id=created.key_id, decrypt=True).data
+        plain = unkey.keys.get_key(key_id=created.key_id).data
+
+    assert decrypted.plaintext == created.key and plain.plaintext is None
 
 
 def test_if_unkey_py_deletes_keys_and_apis_then_their_keys_are_not_found(unkey: Unkey) -> None:

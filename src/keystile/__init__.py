@@ -28,6 +28,7 @@ from ._errors import (
     StoreUnavailableError,
     UnknownRatelimitError,
     ValidationError,
+    VaultError,
 )
 from ._keys import generate_key, hash_key
 from ._manage import UNSET, KeyPage, Keystile
@@ -95,6 +96,7 @@ __all__ = [
     "Top",
     "UnknownRatelimitError",
     "ValidationError",
+    "VaultError",
     "Verifier",
     "VerifyRequest",
     "VerifyResult",

@@ -11,6 +11,7 @@ code. Exceptions are for misuse and for failures around the verification::
     ├── ConflictError             management: the prefix, externalId, role or slug exists
     ├── ProtectedError            management: the API has delete protection
     ├── ValidationError           management: an argument out of range (also a ValueError)
+    ├── VaultError                a recoverable key does not open: wrong master key, changed data
     └── StoreError                the store failed
         └── StoreUnavailableError the store cannot answer now (down, locked, timed out)
 """
@@ -28,6 +29,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnknownRatelimitError",
     "ValidationError",
+    "VaultError",
 ]
 
 
@@ -71,6 +73,11 @@ class ProtectedError(KeystileError):
 
 class ValidationError(KeystileError, ValueError):
     """A management argument outside its allowed range or shape."""
+
+
+class VaultError(KeystileError):
+    """The encrypted copy of a key, or a data key of the vault, does not open: the master
+    key is not the one the vault was made with, or the stored data was changed."""
 
 
 class StoreError(KeystileError):

@@ -70,6 +70,7 @@ from ._validate import (
     check_ratelimits,
     check_slugs,
 )
+from ._vault import Vault, master_key_from, parse_master_key
 from ._verify import Verifier
 from .stores import Store
 
@@ -111,11 +112,16 @@ class Keystile:
 
     def __init__(
         self, store: Store | str | None = None, *, now: Callable[[], int] = now_ms,
-        **verifier_options: Any,
+        master_key: bytes | str | None = None, **verifier_options: Any,
     ) -> None:
+        """``master_key`` (32 bytes or their base64; default ``KEYSTILE_MASTER_KEY`` or the
+        file ``KEYSTILE_MASTER_KEY_FILE`` names) seals and opens recoverable keys; without
+        one they cannot be created or recovered, and everything else works as ever."""
+        master = master_key_from(master_key)  # a malformed one fails here, not at first use
         self.verifier = Verifier(store, now=now, **verifier_options)
         self.store = self.verifier.store
         self.now = now
+        self.vault = Vault(self.store, master, now=now)
 
     def __repr__(self) -> str:
         return f"Keystile({self.store!r})"
@@ -257,19 +263,26 @@ class Keystile:
         expires: int | dt.datetime | None = None, credits: Credits | int | None = None,
         ratelimits: Iterable[RatelimitConfig | Mapping[str, Any]] = (),
         permissions: Iterable[str] = (), roles: Iterable[str] = (), enabled: bool = True,
-        lease: int | None = None, prefix: str | None = None,
+        lease: int | None = None, prefix: str | None = None, recoverable: bool | None = None,
     ) -> CreatedKey:
-        """Issue a key; its plaintext is in the answer and nowhere else, ever.
+        """Issue a key; its plaintext is in the answer and, for a recoverable key, sealed
+        in the vault (see :meth:`recover_key`); nowhere else, ever.
 
         Keys are routed by prefix, so all keys of an API share its prefix: ``prefix``,
         when given, must be the API's, except for the first key of an API created
         without a prefix, which gives the API this one.
+
+        ``recoverable`` defaults to the API's ``store_encrypted_keys``; ``True`` needs that
+        setting (as Unkey's), and either needs the master key (ConfigurationError without).
         """
         if prefix is not None:
             check_prefix(prefix)
         api = self._api_doc(api_id)
         keyspace_doc = self._keyspace_doc(api["keyspace_id"])
         keyspace = keyspace_from_doc(keyspace_doc)
+        sealed = _recoverable(keyspace, recoverable)
+        if sealed:
+            self.vault.require_master_key()  # before the first write (a prefix claim)
         nbytes = check_bytes(byte_length if byte_length is not None else keyspace.default_bytes)
         credit = check_credits(credits)
         now = self.now()
@@ -284,6 +297,8 @@ class Keystile:
                                lease=lease)
         plaintext = generate_key(self._key_prefix(keyspace_doc, prefix), nbytes)
         doc.update(hash=hash_key(plaintext), start=key_start(plaintext))
+        if sealed:  # sealed first: a recoverable key never exists without its encrypted copy
+            self.vault.seal(doc["id"], plaintext)
         if credit is not None:  # credits first: a key never exists without its credits
             self._write_credits(doc["id"], credit, now)
         self.store.insert("key", doc)
@@ -336,6 +351,7 @@ class Keystile:
         doc.update(id=new_id("key"), hash=hash_key(plaintext), start=key_start(plaintext),
                    created_at=self.now(), states_of=_states_owner(old),
                    ratelimits=[{**rl, "id": new_id("rl")} for rl in old.get("ratelimits") or ()])
+        self._reseal(old, doc["id"], plaintext)
         self.store.insert("key", doc)
         if expiration_ms is not None:
             self._retire(old, expiration_ms)
@@ -350,8 +366,46 @@ class Keystile:
             retire_at = min(retire_at, doc["expires"])
         self._save_key(doc["id"], {"expires": retire_at})
 
+    def _reseal(self, old: Doc, key_id: str, plaintext: str) -> None:
+        """A rerolled key is recoverable when the key it replaces was (as Unkey rerolls):
+        its new plaintext is sealed too, which needs the master key and the API's setting."""
+        if self.vault.holds(old["id"]):
+            _recoverable(self.get_keyspace(old["keyspace_id"]), True)
+            self.vault.seal(key_id, plaintext)
+
     def get_key(self, key_id: str) -> KeyInfo:
         return self._key_info(self._key_doc(key_id))
+
+    # -- recoverable keys -------------------------------------------------------------------
+
+    def recover_key(self, key_id: str) -> str:
+        """The plaintext of a recoverable key, opened from the vault with the master key.
+
+        NotFoundError for a deleted key or one created without an encrypted copy;
+        ConfigurationError without a master key; VaultError when the copy does not open
+        (another master key, or changed data).
+        """
+        self._key_doc(key_id)
+        plaintext = self.vault.open(key_id)
+        if plaintext is None:
+            raise NotFoundError(f"key {key_id} is not recoverable: it was created without an"
+                                " encrypted copy (see create_key's recoverable)")
+        return plaintext
+
+    def rotate_master_key(self, new_master_key: bytes | str) -> int:
+        """Re-wrap the vault's data keys under a new master key (32 bytes or their base64),
+        in one atomic step; no ciphertext is rewritten and every key stays recoverable.
+
+        This object uses the new key from then on; other processes need it too (a process
+        still on the old one gets a VaultError when it seals or opens). Returns how many
+        data keys were re-wrapped.
+        """
+        return self.vault.rotate_master_key(parse_master_key(new_master_key, "the new master key"))
+
+    def rotate_data_key(self) -> int:
+        """Start a new data-key version: keys sealed from now on use it, and the older
+        versions stay in the vault so their keys stay recoverable. Returns the version."""
+        return self.vault.rotate_data_key()
 
     def list_keys(
         self, api_id: str, *, limit: int = 100, cursor: str | None = None,
@@ -400,10 +454,11 @@ class Keystile:
         return self._save_key(key_id, changes)
 
     def delete_key(self, key_id: str, *, permanent: bool = False) -> None:
-        """Revoke a key at once; ``permanent`` also erases its hash and its credit state,
-        unless another key still spends that (the other key of a reroll)."""
+        """Revoke a key at once; ``permanent`` also erases its hash, its encrypted copy and
+        its credit state, unless another key still spends that (the other key of a reroll)."""
         doc = self._key_doc(key_id)
         if permanent:
+            self.vault.forget(key_id)  # first: a crash never leaves a copy of a key gone
             self.store.delete("key", key_id)
             owner = _states_owner(doc)
             if not self._spenders(owner):
@@ -830,6 +885,17 @@ def _event_filter(api_id: str | None, keyspace_id: str | None, key_id: str | Non
 def _states_owner(doc: Doc) -> str:
     """The key whose credits and key-scoped rate-limit counters ``doc`` spends."""
     return str(doc.get("states_of") or doc["id"])
+
+
+def _recoverable(keyspace: Keyspace, wanted: bool | None) -> bool:
+    """Whether a new key of ``keyspace`` is sealed: as asked, by default as the keyspace says."""
+    if wanted is None:
+        return keyspace.store_encrypted_keys
+    if wanted and not keyspace.store_encrypted_keys:
+        raise ValidationError(
+            f"API {keyspace.api_id} does not store encrypted keys, so its keys cannot be recoverable;"
+            " turn it on with update_api(api_id, store_encrypted_keys=True)")
+    return bool(wanted)
 
 
 def _live_key(doc: Doc | None, key_id: str) -> Doc:

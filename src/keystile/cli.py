@@ -12,19 +12,22 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import os
 import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import KeystileError, ValidationError
+from ._errors import ConfigurationError, KeystileError, ValidationError
 from ._manage import UNSET, Keystile
 from ._models import Credits, RatelimitConfig, Refill
+from ._vault import MASTER_KEY_ENV, parse_master_key, read_master_key_file
 
 __all__ = ["main"]
 
 Handler = Callable[[Keystile, argparse.Namespace], tuple[Any, int]]
+NEW_MASTER_KEY_ENV = "KEYSTILE_NEW_MASTER_KEY"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,8 +213,16 @@ def credits_spec(text: str) -> int | None:
 
 def _apis_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     api = ks.create_api(a.name, prefix=a.prefix, default_bytes=a.bytes, ip_whitelist=a.ip,
-                        delete_protection=a.delete_protection)
+                        delete_protection=a.delete_protection,
+                        store_encrypted_keys=a.store_encrypted_keys)
     return {"apiId": api.id, "keyspaceId": api.keyspace_id, "prefix": a.prefix}, 0
+
+
+def _apis_update(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    changes = {"name": a.name, "delete_protection": a.delete_protection,
+               "store_encrypted_keys": a.store_encrypted_keys}
+    ks.update_api(a.api_id, **{k: v for k, v in changes.items() if v is not None})
+    return _api_view(ks, a.api_id), 0
 
 
 def _api_view(ks: Keystile, api_id: str) -> dict[str, Any]:
@@ -242,9 +253,13 @@ def _keys_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     created = ks.create_key(
         a.api, name=a.name, byte_length=a.bytes, external_id=a.external_id, meta=a.meta,
         expires=a.expires, credits=_credits(a), ratelimits=a.ratelimit,
-        permissions=a.permission, roles=a.role, enabled=not a.disabled,
+        permissions=a.permission, roles=a.role, enabled=not a.disabled, recoverable=a.recoverable,
     )
     return created.to_dict(), 0
+
+
+def _keys_recover(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return {"keyId": a.key_id, "key": ks.recover_key(a.key_id)}, 0
 
 
 def _read_key(text: str) -> str:
@@ -297,6 +312,25 @@ def _keys_credits(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
 def _keys_reroll(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
     created = ks.reroll_key(a.key_id, expiration_ms=a.grace)
     return {**created.to_dict(), "oldKeyExpires": ks.get_key(a.key_id).expires}, 0
+
+
+def _vault_rotate(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    if a.new_key_file is not None:
+        new = read_master_key_file(a.new_key_file, "--new-key-file")
+    elif os.environ.get(NEW_MASTER_KEY_ENV):
+        new = parse_master_key(os.environ[NEW_MASTER_KEY_ENV], NEW_MASTER_KEY_ENV)
+    else:
+        raise ConfigurationError(f"give the new master key with --new-key-file PATH or"
+                                 f" {NEW_MASTER_KEY_ENV} (the old one comes from {MASTER_KEY_ENV})")
+    rewrapped = ks.rotate_master_key(new)
+    if not a.json:
+        print(f"keystile: the vault is under the new master key now; set {MASTER_KEY_ENV} to it"
+              " for every process of this store.", file=sys.stderr)
+    return {"rewrappedDataKeys": rewrapped}, 0
+
+
+def _vault_rotate_data_key(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
+    return {"dataKeyVersion": ks.rotate_data_key()}, 0
 
 
 def _identities_create(ks: Keystile, a: argparse.Namespace) -> tuple[Any, int]:
@@ -397,6 +431,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True), common)
     _add_keys(groups.add_parser("keys", help="issue, verify and manage keys").add_subparsers(
         dest="action", metavar="ACTION", required=True), common)
+    _add_vault(groups, common)
     _add_rbac(groups, common)
     demo = groups.add_parser("demo", parents=common,
                              help="run the example app on a fresh SQLite store")
@@ -419,7 +454,16 @@ def _add_apis(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--bytes", type=int, default=16, help="random bytes per key (16-32)")
     create.add_argument("--ip", action="append", default=[], help="allowed client CIDR (repeat)")
     create.add_argument("--delete-protection", action="store_true")
+    create.add_argument("--store-encrypted-keys", action="store_true",
+                        help="keep keys encrypted, so they can be recovered (needs a master key)")
     create.set_defaults(handler=_apis_create)
+    update = sub.add_parser("update", parents=common, help="change an API's settings")
+    update.add_argument("api_id")
+    update.add_argument("--name")
+    update.add_argument("--delete-protection", action=argparse.BooleanOptionalAction)
+    update.add_argument("--store-encrypted-keys", action=argparse.BooleanOptionalAction,
+                        help="new keys are kept encrypted, so they can be recovered")
+    update.set_defaults(handler=_apis_update)
     for name, handler in (("get", _apis_get), ("delete", _apis_delete)):
         action = sub.add_parser(name, parents=common)
         action.add_argument("api_id")
@@ -446,8 +490,15 @@ def _add_keys(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--api", required=True)
     create.add_argument("--bytes", type=int, default=None)
     create.add_argument("--disabled", action="store_true")
+    create.add_argument("--recoverable", action=argparse.BooleanOptionalAction,
+                        help="keep it encrypted for `keys recover` (default: as its API stores keys)")
     _key_options(create, creating=True)
     create.set_defaults(handler=_keys_create)
+
+    recover = sub.add_parser("recover", parents=common,
+                             help="show a recoverable key again (needs $KEYSTILE_MASTER_KEY)")
+    recover.add_argument("key_id")
+    recover.set_defaults(handler=_keys_recover)
 
     verify = sub.add_parser("verify", parents=common, help="verify a key ('-' reads stdin)")
     verify.add_argument("key")
@@ -493,6 +544,19 @@ def _add_keys(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                         help="how long the old key stays valid, sharing credits and rate limits"
                              " with the new one: 0 (rejected at once), 90s, 30m, 24h, 7d")
     reroll.set_defaults(handler=_keys_reroll)
+
+
+def _add_vault(groups: Any, common: list[argparse.ArgumentParser]) -> None:
+    vault = groups.add_parser("vault", help="the master key and data keys of recoverable keys")
+    actions = vault.add_subparsers(dest="action", metavar="ACTION", required=True)
+    rotate = actions.add_parser(
+        "rotate", parents=common, help=f"re-wrap the data keys under a new master key (the old one:"
+        f" ${MASTER_KEY_ENV}; the new one: --new-key-file or ${NEW_MASTER_KEY_ENV})")
+    rotate.add_argument("--new-key-file", help="a file holding the new master key (base64)")
+    rotate.set_defaults(handler=_vault_rotate)
+    actions.add_parser("rotate-data-key", parents=common,
+                       help="seal new keys under a new data key; older keys stay recoverable"
+                       ).set_defaults(handler=_vault_rotate_data_key)
 
 
 def _add_rbac(groups: Any, common: list[argparse.ArgumentParser]) -> None:

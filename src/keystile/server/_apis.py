@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._errors import at
-from ._keys import live_api
+from ._keys import live_api, with_plaintext
 from ._ops import Body, Call, Operation, Page
 from ._schema import array, boolean, obj, string
 from ._shapes import EMPTY, EXTERNAL_ID, KEY_DATA, key_data, limit_field
@@ -45,7 +45,10 @@ def list_keys(call: Call, body: Body) -> Page:
     live_api(call, api_id)
     page = call.ks.list_keys(api_id, limit=body.get("limit", 100), cursor=body.get("cursor"),
                              external_id=body.get("externalId"))
-    return Page([key_data(info) for info in page.keys], page.cursor)
+    items = [key_data(info) for info in page.keys]
+    if body.get("decrypt"):
+        items = [with_plaintext(call, item) for item in items]
+    return Page(items, page.cursor)
 
 
 OPERATIONS = (
@@ -59,7 +62,8 @@ OPERATIONS = (
         "apiId": API_ID, "limit": limit_field(), "cursor": string(1, 1024),
         "externalId": EXTERNAL_ID, "decrypt": boolean(), "revalidateKeysCache": boolean(),
     }, required=["apiId"]), array(KEY_DATA, high=100),
-              "The keys of an API, a page at a time", kind="api", statuses=(404,), paginated=True),
+              "The keys of an API, a page at a time (with decrypt: recoverable keys' plaintexts)",
+              kind="api", statuses=(404, 412), paginated=True),
     Operation("apis.deleteApi", delete_api, obj({"apiId": API_ID}, required=["apiId"]), EMPTY,
               "Delete an API; its keys verify as NOT_FOUND from then on", kind="api",
               statuses=(404, 412)),

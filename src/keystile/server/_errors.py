@@ -14,6 +14,8 @@ NotFoundError               404     ``unkey/data/<kind>_not_found``
 ConflictError               409     ``unkey/data/<kind>_already_exists``
 ProtectedError              412     ``unkey/application/protected_resource``
 UnknownRatelimitError       412     ``unkey/application/precondition_failed``
+VaultError                  412     ``unkey/application/precondition_failed``
+ConfigurationError          412     ``unkey/application/precondition_failed`` (no master key)
 PermissionQueryError        400     ``user/bad_request/permissions_query_syntax_error``
 ValidationError             400     ``unkey/application/invalid_input``
 StoreUnavailableError       503     ``unkey/application/service_unavailable``
@@ -31,6 +33,7 @@ from typing import Any
 from starlette.responses import Response
 
 from .._errors import (
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     PermissionQueryError,
@@ -38,6 +41,7 @@ from .._errors import (
     StoreUnavailableError,
     UnknownRatelimitError,
     ValidationError,
+    VaultError,
 )
 
 __all__ = [
@@ -127,7 +131,8 @@ def api_error_from(exc: Exception, *, kind: str = "resource") -> ApiError | None
     if isinstance(exc, ProtectedError):
         return ApiError(412, "unkey/application/protected_resource", str(exc),
                         title="Resource is protected")
-    if isinstance(exc, UnknownRatelimitError):
+    if isinstance(exc, (UnknownRatelimitError, VaultError, ConfigurationError)):
+        # The last two: the server's master key is missing or does not open the vault.
         return ApiError(412, "unkey/application/precondition_failed", str(exc))
     if isinstance(exc, PermissionQueryError):
         return ApiError(400, "user/bad_request/permissions_query_syntax_error", str(exc), errors=[

@@ -51,6 +51,8 @@ __all__ = [
     "live_api",
     "permission_slugs",
     "require_permissions_exist",
+    "require_vault",
+    "with_plaintext",
 ]
 
 
@@ -123,6 +125,24 @@ def permission_slugs(call: Call, names: Iterable[str], location: str) -> list[st
         return check_slugs(out)
 
 
+def require_vault(call: Call, api_id: str) -> None:
+    """412 unless keys of ``api_id`` can be recoverable (as Unkey answers): the API stores
+    encrypted keys and the server has a master key to seal them with."""
+    keyspace = call.ks.get_keyspace(call.ks.get_api(api_id).keyspace_id)
+    if not keyspace.store_encrypted_keys:
+        raise ApiError(412, "unkey/application/precondition_failed",
+                       f"API {api_id} does not store encrypted keys, so its keys cannot be recoverable;"
+                       f" turn it on with `keystile apis update {api_id} --store-encrypted-keys`.")
+    call.ks.vault.require_master_key()  # its ConfigurationError is a 412 too
+
+
+def with_plaintext(call: Call, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` of a key with its ``plaintext`` when the key is recoverable (unchanged if not,
+    as Unkey answers); 412 when the vault cannot open it."""
+    plaintext = call.ks.vault.open(data["keyId"])
+    return data if plaintext is None else {**data, "plaintext": plaintext}
+
+
 def _checked(location: str, check: Callable[..., Any], *args: Any) -> Any:
     with at(location):
         return check(*args)
@@ -135,15 +155,15 @@ def create_key(call: Call, body: Body) -> dict[str, Any]:
     api_id = body["apiId"]
     call.require("api", "create_key", api_id)
     live_api(call, api_id)
-    if body.get("recoverable"):
-        raise ApiError(412, "unkey/application/precondition_failed",
-                       "keystile keeps no recoverable (encrypted) copy of keys: leave recoverable"
-                       " false.")
+    recoverable = bool(body.get("recoverable", False))
+    if recoverable:
+        call.require("api", "encrypt_key", api_id)
+        require_vault(call, api_id)
     options = _key_options(call, body)
     try:
         created = call.ks.create_key(
             api_id, byte_length=body.get("byteLength"), enabled=body.get("enabled", True),
-            prefix=body.get("prefix"), **options)
+            prefix=body.get("prefix"), recoverable=recoverable, **options)
     except (ValidationError, ConflictError) as exc:  # the one check left: the API's prefix
         raise invalid("body.prefix", str(exc)) from exc
     return created.to_dict()
@@ -188,7 +208,9 @@ CREATE_KEY_REQUEST = obj({
     "credits": CREDITS,
     "ratelimits": array(RATELIMIT_REQUEST, high=50),
     "enabled": boolean(),
-    "recoverable": boolean("keystile stores no recoverable keys: must be false."),
+    "recoverable": boolean(
+        "Keep the key encrypted, for keys.getKey with decrypt (needs api.*.encrypt_key, an API"
+        " that stores encrypted keys and a server with a master key; else 412)."),
 }, required=["apiId"])
 CREATED_KEY = obj({"keyId": string(), "key": string()}, required=["keyId", "key"])
 
@@ -252,9 +274,10 @@ VERIFY_RESPONSE = obj({
 
 def get_key(call: Call, body: Body) -> dict[str, Any]:
     info = key_for(call, body["keyId"], "read_key")
-    if body.get("decrypt"):  # keystile keeps no plaintext: nothing to add, but ask as Unkey does
-        call.require("api", "decrypt_key", info.api_id)
-    return key_data(info)
+    if not body.get("decrypt"):
+        return key_data(info)
+    call.require("api", "decrypt_key", info.api_id)
+    return with_plaintext(call, key_data(info))
 
 
 def whoami(call: Call, body: Body) -> dict[str, Any]:
@@ -367,6 +390,9 @@ def delete_key(call: Call, body: Body) -> dict[str, Any]:
 
 def reroll_key(call: Call, body: Body) -> dict[str, Any]:
     info = key_for(call, body["keyId"], "create_key")
+    if call.ks.vault.holds(info.id):  # the new key is sealed too, as Unkey rerolls
+        call.require("api", "encrypt_key", info.api_id)
+        require_vault(call, info.api_id)
     with at("body.expiration"):
         created = call.ks.reroll_key(info.id, expiration_ms=body["expiration"])
     return created.to_dict()
@@ -450,8 +476,10 @@ OPERATIONS = (
               "Verify a key: always 200, with valid and a code", kind="key", statuses=(404, 412)),
     Operation("keys.createKey", create_key, CREATE_KEY_REQUEST, CREATED_KEY,
               "Issue a key; its plaintext is in this answer only", kind="api", statuses=(404, 412)),
-    Operation("keys.getKey", get_key, obj({"keyId": ID, "decrypt": boolean()}, required=["keyId"]),
-              KEY_DATA, "A key by id (never its plaintext)", kind="key", statuses=(404,)),
+    Operation("keys.getKey", get_key, obj({"keyId": ID, "decrypt": boolean(
+        "With api.*.decrypt_key: the plaintext of a recoverable key.")}, required=["keyId"]),
+              KEY_DATA, "A key by id (its plaintext only with decrypt, if it is recoverable)",
+              kind="key", statuses=(404, 412)),
     Operation("keys.whoami", whoami, obj({"key": string(1, 512)}, required=["key"]), KEY_DATA,
               "The key a plaintext key is, without verifying it", kind="key", statuses=(404,)),
     Operation("keys.updateKey", update_key, UPDATE_KEY_REQUEST, EMPTY,
@@ -459,7 +487,7 @@ OPERATIONS = (
     Operation("keys.updateCredits", update_credits, UPDATE_CREDITS_REQUEST, CREDITS,
               "Set, increment or decrement a key's credits", kind="key", statuses=(404,)),
     Operation("keys.rerollKey", reroll_key, REROLL_REQUEST, CREATED_KEY,
-              "Replace a key by a new one of the same settings", kind="key", statuses=(404,)),
+              "Replace a key by a new one of the same settings", kind="key", statuses=(404, 412)),
     Operation("keys.deleteKey", delete_key,
               obj({"keyId": ID, "permanent": boolean()}, required=["keyId"]), EMPTY,
               "Revoke a key", kind="key", statuses=(404,)),

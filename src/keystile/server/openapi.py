@@ -34,7 +34,8 @@ _ERRORS = {
     403: "The root key lacks the permission, or is disabled",
     404: "What the request names does not exist",
     409: "It exists already",
-    412: "A precondition failed: delete protection, an unknown rate limit name, recoverable keys",
+    412: ("A precondition failed: delete protection, an unknown rate limit name, recoverable keys"
+          " (the API does not store encrypted keys, or the master key is missing or wrong)"),
     500: "Unexpected error (no details are given away)",
     503: "The store cannot answer right now",
 }

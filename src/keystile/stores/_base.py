@@ -40,6 +40,9 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "identity": (("external_id",), ()),
     "role": (("name",), ()),
     "permission": (("slug",), ()),
+    # Recoverable keys (keystile._vault): the data keys, and each key's sealed plaintext.
+    "vault": ((), ()),
+    "encrypted_key": ((), ()),
 }
 
 
