@@ -102,18 +102,23 @@ def _ideal_dependency(_: Fixture) -> Target:
 
 def _keystile(
     framework: str, setup: Callable[[Fixture], KeystileSetup], *,
-    key: Literal["plain", "perm", "full"] = "plain", by_url: bool = False, **options: Any,
+    key: Literal["plain", "perm", "full"] = "plain", by_url: bool = False, analytics: bool = True,
+    **options: Any,
 ) -> Callable[[Fixture], Target]:
     """keystile's middleware on ``framework``; ``by_url`` passes ``store=URL`` as users do.
 
-    The ``perm`` and ``full`` keys are checked against the permission query.
+    The ``perm`` and ``full`` keys are checked against the permission query. Analytics
+    is on (the default) unless ``analytics=False``: a verifier of the same store that
+    records no events, to show what recording them costs.
     """
     permissions = None if key == "plain" else PERMISSION_QUERY
 
     def build(fixture: Fixture) -> Target:
         chosen = setup(fixture)
         source: dict[str, Any] = {"store": chosen.url, **options} if by_url else {
-            "verifier": chosen.ks}
+            "verifier": chosen.ks if analytics else fixture.quiet_verifier(chosen)}
+        if by_url and not analytics:
+            source["analytics"] = False
         # cast: mypy cannot match KeyAuthMiddleware to Starlette's middleware-factory protocol
         middleware = [Middleware(cast(Any, KeyAuthMiddleware), permissions=permissions, **source)]
         app = starlette_app(middleware) if framework == "starlette" else fastapi_app(
@@ -239,9 +244,18 @@ CASES: tuple[Case, ...] = (
     Case("starlette-keystile-memory-full", "starlette", "keystile",
          _keystile("starlette", _memory, key="full"),
          description="memory://, cache hit + permission query + credits + auto rate limit"),
+    Case("starlette-keystile-memory-hit-noanalytics", "starlette", "keystile",
+         _keystile("starlette", _memory, analytics=False),
+         description="as memory-hit with analytics=False: what recording every verification costs"),
+    Case("starlette-keystile-memory-full-noanalytics", "starlette", "keystile",
+         _keystile("starlette", _memory, key="full", analytics=False),
+         description="as memory-full with analytics=False"),
     Case("starlette-keystile-sqlite-hit", "starlette", "keystile",
          _keystile("starlette", _sqlite, by_url=True),
          description="KeyAuthMiddleware(store='sqlite:///…'), cache hit"),
+    Case("starlette-keystile-sqlite-hit-noanalytics", "starlette", "keystile",
+         _keystile("starlette", _sqlite, by_url=True, analytics=False),
+         description="as sqlite-hit with analytics=False (sqlite-hit writes every event to the file)"),
     Case("starlette-keystile-sqlite-miss", "starlette", "keystile",
          _keystile("starlette", _sqlite, by_url=True, cache_ttl=0),
          description="SQLite, cache disabled (cache_ttl=0): a store read per request"),

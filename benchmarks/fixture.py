@@ -117,6 +117,13 @@ class Fixture:
             self._verifiers[name] = Verifier(setup.url, **options)
         return self._verifiers[name]
 
+    def quiet_verifier(self, setup: KeystileSetup) -> Verifier:
+        """A verifier of ``setup``'s very store (memory too) that records no analytics."""
+        name = f"{setup.url} quiet"
+        if name not in self._verifiers:
+            self._verifiers[name] = Verifier(setup.ks.store, analytics=False)
+        return self._verifiers[name]
+
     def _setup(self, name: str, url: str) -> KeystileSetup:
         if name not in self._setups:
             self._setups[name] = _create(url)

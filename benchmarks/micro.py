@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from keystile import Keystile, VerifyRequest, hash_key, parse_query
+from keystile import Keystile, Verifier, VerifyRequest, hash_key, parse_query
 
 from .fixture import PERMISSION_QUERY, Fixture
 
@@ -56,8 +56,10 @@ def _split_key() -> Any:
     return split_key
 
 
-def _verifier_specs(ks: Keystile, key: str, perm_key: str) -> list[Spec]:
-    verifier = ks.verifier
+def _verifier_specs(ks: Keystile, quiet: Verifier, key: str, perm_key: str) -> list[Spec]:
+    """The verify items on a verifier without analytics (what a verify costs), and one
+    with it (what recording the event adds, the writer thread included)."""
+    verifier = quiet
     plain, perm = VerifyRequest(), VerifyRequest(permissions=PERMISSION_QUERY)
     for k, request in ((key, plain), (perm_key, perm)):
         if not verifier.verify_request(k, request).valid:
@@ -74,6 +76,34 @@ def _verifier_specs(ks: Keystile, key: str, perm_key: str) -> list[Spec]:
              "Verifier.verify_request(key, VerifyRequest()) on memory://"),
         Spec("verify_request, cache hit + permission query", "verify(perm_key, perm)", env,
              PERMISSION_QUERY),
+        Spec("verify_request, cache hit, analytics on", "recorded(key, plain)",
+             {**env, "recorded": ks.verifier.verify_request},
+             "the event queued; the writer's share of the CPU included"),
+    ]
+
+
+def _analytics_specs(fixture: Fixture) -> list[Spec]:
+    """What analytics costs: the request path's queueing, and the writer's work per event."""
+    from keystile import Analytics, VerifyResult
+    from keystile._analytics import Recorder, aggregate
+
+    setup = fixture.sqlite()
+    result = setup.ks.verify(setup.key)
+    if not isinstance(result, VerifyResult) or not result.valid:
+        raise RuntimeError("micro-benchmark key does not verify")
+    # A recorder whose writer never wakes during the run: emit only queues.
+    idle = Recorder(setup.ks.store, Analytics(queue_size=10**9, batch_size=10**9,
+                                              flush_interval=3600), setup.ks.now)
+    request = VerifyRequest()
+    # 1000 verifications of one key in one minute, as a busy key's batch is.
+    batch = [(i, result, request) for i in range(1000)]
+    env = {"emit": idle.emit, "now": 0, "result": result, "request": request, "batch": batch,
+           "write": setup.ks.store.write_events, "aggregate": aggregate}
+    return [
+        Spec("analytics: Recorder.emit (the request path)", "emit(now, result, request)", env,
+             "a bounded deque append; the writer does the rest"),
+        Spec("analytics: writer, 1000 verifications to SQLite", "write(aggregate(batch, 'i', None)[0])",
+             env, "per-minute events of one key, one transaction (divide by 1000 per request)"),
     ]
 
 
@@ -103,10 +133,11 @@ def _specs(fixture: Fixture) -> list[Spec]:
         _private("prefix parse (keystile._keys.split_key)", _split_key, "fn(key)", env),
         Spec(SHA256, "sha256(key.encode()).digest()", env),
         Spec("keystile.hash_key (sha256 + base64)", "hash_key(key)", env),
-        *_verifier_specs(setup.ks, key, setup.perm_key),
+        *_verifier_specs(setup.ks, fixture.quiet_verifier(setup), key, setup.perm_key),
         Spec("permission query: parsed.allows(set)", "query.allows(perms)", env, PERMISSION_QUERY),
         Spec("permission query: parse_query(text).allows(set)", "parse_query(text).allows(perms)",
              env, "parse_query is lru-cached"),
+        *_analytics_specs(fixture),
         *_reference_specs(key),
     ]
 

@@ -14,12 +14,13 @@ over the events a store reads back for a time range and a filter.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -46,6 +47,7 @@ logger = logging.getLogger("keystile")
 BUCKETS: Final[dict[str, int]] = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 CODES: Final = tuple(code.value for code in Code)
 _DAY_MS: Final = 86_400_000
+MINUTE_MS: Final = 60_000
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,13 @@ class Analytics:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One verification: when, of which key, with which outcome, and what it spent."""
+    """``count`` verifications of one key with one outcome (and tags) in the minute that
+    starts at ``time`` (Unix ms), and the credits they spent.
+
+    The writer records verifications per minute, not one row each: a busy key makes a
+    row per outcome per batch, so writing costs next to nothing per request, and every
+    query (per minute, hour or day) stays exact.
+    """
 
     time: int
     code: str
@@ -97,20 +105,21 @@ class Event:
     spent: int = 0
     instance: str | None = None
     region: str | None = None
+    count: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "code": self.code, "key_id": self.key_id,
                 "keyspace_id": self.keyspace_id, "api_id": self.api_id,
                 "identity_id": self.identity_id, "external_id": self.external_id,
                 "tags": list(self.tags), "spent": self.spent, "instance": self.instance,
-                "region": self.region}
+                "region": self.region, "count": self.count}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
         return cls(int(data["time"]), str(data["code"]), data.get("key_id"), data.get("keyspace_id"),
                    data.get("api_id"), data.get("identity_id"), data.get("external_id"),
                    tuple(data.get("tags") or ()), int(data.get("spent") or 0), data.get("instance"),
-                   data.get("region"))
+                   data.get("region"), int(data.get("count") or 1))
 
 
 def last_used_state_key(key_id: str) -> str:
@@ -119,15 +128,50 @@ def last_used_state_key(key_id: str) -> str:
 
 
 def event_of(now: int, result: VerifyResult, request: VerifyRequest, instance: str | None,
-             region: str | None) -> Event:
-    """The event of one verification; ``spent`` is the credits it took."""
+             region: str | None, count: int = 1) -> Event:
+    """The event of ``count`` verifications with this result in the minute of ``now``."""
     identity = result.identity
     spent = 0
     if result.valid and result.credits is not None:
-        spent = 1 if request.cost is None else request.cost
-    return Event(now, result.code.value, result.key_id, result.keyspace_id,
+        spent = count * (1 if request.cost is None else request.cost)
+    return Event(now - now % MINUTE_MS, result.code.value, result.key_id, result.keyspace_id,
                  result.api_id or request.api_id, identity.id if identity else None,
-                 identity.external_id if identity else None, request.tags, spent, instance, region)
+                 identity.external_id if identity else None, request.tags, spent, instance, region,
+                 count)
+
+
+Queued = tuple[int, VerifyResult, VerifyRequest]
+
+
+def aggregate(entries: Iterable[Queued], instance: str | None,
+              region: str | None) -> tuple[list[Event], dict[str, int]]:
+    """Queued verifications as per-minute events, and the latest time of each key.
+
+    Cache hits answer with the very same result object, so most entries group by
+    object identity first (cheap), then by what the event records.
+    """
+    groups: dict[tuple[int, int, int], list[Any]] = {}
+    for now, result, request in entries:
+        group_key = (now // MINUTE_MS, id(result), id(request))
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = [now, result, request, 1, now]
+        else:
+            group[3] += 1
+            if now > group[4]:
+                group[4] = now
+    rows: dict[tuple[Any, ...], Event] = {}
+    latest: dict[str, int] = {}
+    for now, result, request, count, last in groups.values():
+        event = event_of(now, result, request, instance, region, count)
+        row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
+                   event.identity_id, event.tags)
+        known = rows.get(row_key)
+        rows[row_key] = event if known is None else dataclasses.replace(
+            known, count=known.count + event.count, spent=known.spent + event.spent)
+        if event.key_id is not None and last > latest.get(event.key_id, 0):
+            latest[event.key_id] = last
+    return list(rows.values()), latest
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -229,7 +273,7 @@ def count_buckets(events: Iterable[Event], since: int, until: int, by: str) -> l
     for event in events:
         if since <= event.time < until:
             index = (event.time - first) // size
-            counts[index][event.code] += 1
+            counts[index][event.code] += event.count
             spent[index] += event.spent
     return [Bucket(first + i * size, dict(c), spent[i]) for i, c in enumerate(counts)]
 
@@ -245,7 +289,7 @@ def top(events: Iterable[Event], by: Literal["key", "identity"], limit: int = 10
         owner = event.key_id if by == "key" else event.identity_id
         if owner is None:
             continue
-        counts.setdefault(owner, collections.Counter())[event.code] += 1
+        counts.setdefault(owner, collections.Counter())[event.code] += event.count
         spent[owner] += event.spent
         if by == "identity":
             external[owner] = event.external_id
@@ -277,6 +321,7 @@ class Recorder:
         self._stop = False
         self._lock = threading.Lock()  # one drain at a time (the thread, flush, close)
         self._pending: list[Event] = []  # drained, not yet written (the store failed)
+        self._pending_latest: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._start()
         _recorders.add(self)
@@ -327,48 +372,34 @@ class Recorder:
             logger.exception("keystile: analytics writer failed")
 
     def _drain(self, *, everything: bool) -> None:
+        # While the store fails, the one batch taken waits here and is tried again first;
+        # the queue keeps its bound meanwhile (new verifications beyond it are dropped).
         with self._lock:
             while True:
-                events = self._pending or self._take()
-                if not events:
+                if not self._pending:
+                    self._pending, self._pending_latest = self._take()
+                if not self._pending:
                     return
-                self._pending = events
                 try:
-                    self.store.write_events(events)
+                    self.store.write_events(self._pending)
                 except KeystileError:
                     self.write_errors += 1
-                    self._bound_pending()
                     raise
-                self._pending = []
-                self.written += len(events)
-                self._touch(events)
+                self.written += sum(event.count for event in self._pending)
+                self._pending, latest = [], self._pending_latest
+                self._touch(latest)
                 self._trim()
                 if not everything and len(self.queue) < self._batch:
                     return
 
-    def _take(self) -> list[Event]:
-        queue, instance, region = self.queue, self.instance, self.region
-        events = []
-        for _ in range(min(len(queue), 5_000)):
-            now, result, request = queue.popleft()
-            events.append(event_of(now, result, request, instance, region))
-        return events
+    def _take(self) -> tuple[list[Event], dict[str, int]]:
+        queue = self.queue
+        taken = [queue.popleft() for _ in range(min(len(queue), 50_000))]
+        return aggregate(taken, self.instance, self.region)
 
-    def _bound_pending(self) -> None:
-        """While the store fails, what waits in memory stays within the queue's size."""
-        room = self._max - len(self.queue)
-        if len(self._pending) > room:
-            lost = len(self._pending) - max(room, 0)
-            self._pending = self._pending[lost:]
-            self.dropped += lost
-
-    def _touch(self, events: Sequence[Event]) -> None:
+    def _touch(self, latest: Mapping[str, int]) -> None:
         """``last_used_at`` of each key (a small state beside its credits), at most once
         per interval per key, all in one store transaction."""
-        latest: dict[str, int] = {}
-        for event in events:
-            if event.key_id is not None and event.time > latest.get(event.key_id, 0):
-                latest[event.key_id] = event.time
         due = {key_id: t for key_id, t in latest.items()
                if t - self._last_used.get(key_id, -self._last_used_ms) >= self._last_used_ms}
         if not due:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ._analytics import (
+    MINUTE_MS,
     Bucket,
     Event,
     EventFilter,
@@ -684,7 +685,8 @@ class Keystile:
     def _range(self, since: Moment, until: Moment | None) -> tuple[int, int]:
         now = self.now()
         end = now + 1 if until is None else _moment(until, now, "until")
-        return _moment(since, now, "since"), end
+        start = _moment(since, now, "since")
+        return start - start % MINUTE_MS, end  # events are kept per minute: whole minutes
 
     # -- identities --------------------------------------------------------------------
 

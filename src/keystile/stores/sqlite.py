@@ -45,14 +45,14 @@ for _kind, (_uniques, _groups) in KINDS.items():
 _SCHEMA.update({
     "events": "CREATE TABLE IF NOT EXISTS events (time INTEGER NOT NULL, code TEXT NOT NULL,"
               " key_id TEXT, keyspace_id TEXT, api_id TEXT, identity_id TEXT, external_id TEXT,"
-              " tags TEXT, spent INTEGER NOT NULL, instance TEXT, region TEXT)",
+              " tags TEXT, spent INTEGER NOT NULL, instance TEXT, region TEXT, count INTEGER NOT NULL)",
     "events_time": "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
     "events_key": "CREATE INDEX IF NOT EXISTS events_key ON events(key_id, time)",
     "events_api": "CREATE INDEX IF NOT EXISTS events_api ON events(api_id, time)",
     "events_identity": "CREATE INDEX IF NOT EXISTS events_identity ON events(identity_id, time)",
 })
 _EVENT_COLUMNS = ("time, code, key_id, keyspace_id, api_id, identity_id, external_id, tags, spent,"
-                  " instance, region")
+                  " instance, region, count")
 
 
 def _path_from_url(url: str) -> str:
@@ -215,10 +215,10 @@ class SQLiteStore(Store):
 
     def write_events(self, events: Sequence[Event]) -> None:
         rows = [(e.time, e.code, e.key_id, e.keyspace_id, e.api_id, e.identity_id, e.external_id,
-                 json.dumps(e.tags) if e.tags else None, e.spent, e.instance, e.region)
+                 json.dumps(e.tags) if e.tags else None, e.spent, e.instance, e.region, e.count)
                 for e in events]
         with self._transaction() as conn:
-            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              rows)
 
     def read_events(self, since: int, until: int, where: EventFilter) -> list[Event]:
@@ -236,7 +236,7 @@ class SQLiteStore(Store):
             sql += f" AND code IN ({','.join('?' * len(where.codes))})"
             params += where.codes
         events = (Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                        tuple(json.loads(row[7])) if row[7] else (), row[8], row[9], row[10])
+                        tuple(json.loads(row[7])) if row[7] else (), row[8], row[9], row[10], row[11])
                   for row in self._query(sql, params))
         return [event for event in events if where.matches(event)]
 
