@@ -185,21 +185,27 @@ def counting_sends() -> Iterator[None]:
     import redis.asyncio.connection
     import redis.connection
 
-    classes: list[tuple[type[Any], Callable[[Any], Any]]] = [
-        (redis.connection.AbstractConnection, _counting_sync),
-        (redis.asyncio.connection.AbstractConnection, _counting_async)]
+    with wrapping("send_packed_command", [
+            (redis.connection.AbstractConnection, _counting_sync),
+            (redis.asyncio.connection.AbstractConnection, _counting_async)]):
+        yield
+
+
+@contextmanager
+def wrapping(method: str, classes: list[tuple[type[Any], Callable[[Any], Any]]]) -> Iterator[None]:
+    """Each class's ``method`` replaced by ``wrap(method)`` while inside (not twice when nested)."""
     saved = []
     for cls, wrap in classes:
-        original = cls.__dict__["send_packed_command"]
+        original = cls.__dict__[method]
         if getattr(original, "__wrapped__", None) is not None:
             continue  # counting already (nested)
         saved.append((cls, original))
-        setattr(cls, "send_packed_command", wrap(original))  # noqa: B010
+        setattr(cls, method, wrap(original))
     try:
         yield
     finally:
         for cls, original in saved:
-            setattr(cls, "send_packed_command", original)  # noqa: B010
+            setattr(cls, method, original)
 
 
 class CountedApp:

@@ -38,7 +38,7 @@ import httpx
 from keystile import VerifyRequest
 from keystile._remote import _body
 
-from .redisbench import ACTIVE
+from .redisbench import ACTIVE, wrapping
 from .stats import percentiles
 
 __all__ = ["RemoteServer", "compare", "counting_forwards", "reference", "start"]
@@ -158,20 +158,8 @@ def _counting_async(
 @contextmanager
 def counting_forwards() -> Iterator[None]:
     """Count every request an httpx client sends while inside (see the module doc)."""
-    classes: list[tuple[type[Any], Callable[[Any], Any]]] = [
-        (httpx.Client, _counting_sync), (httpx.AsyncClient, _counting_async)]
-    saved = []
-    for cls, wrap in classes:
-        original = cls.__dict__["send"]
-        if getattr(original, "__wrapped__", None) is not None:
-            continue  # counting already (nested)
-        saved.append((cls, original))
-        setattr(cls, "send", wrap(original))  # noqa: B010
-    try:
+    with wrapping("send", [(httpx.Client, _counting_sync), (httpx.AsyncClient, _counting_async)]):
         yield
-    finally:
-        for cls, original in saved:
-            setattr(cls, "send", original)  # noqa: B010
 
 
 # -- the reference: the server's own verify ------------------------------------------------------

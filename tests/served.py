@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import pytest
 from conftest import free_port
 from unkey.py import Unkey
 from unkey.py.utils import BackoffStrategy, RetryConfig
 
-__all__ = ["NO_RETRIES", "ROOT_PERMISSIONS", "ServeProcess", "Served", "keystile_cli", "serving",
-           "wait_until_live"]
+__all__ = [
+    "NO_RETRIES",
+    "ROOT_PERMISSIONS",
+    "ServeProcess",
+    "Served",
+    "keystile_cli",
+    "new_api",
+    "served_on_sqlite",
+    "serving",
+    "unkey_client",
+    "wait_until_live",
+]
 
 ROOT_PERMISSIONS = [
     "api.*.create_api", "api.*.read_api", "api.*.delete_api", "api.*.create_key", "api.*.read_key",
@@ -156,3 +167,23 @@ def serving(store: str, directory: Path, permissions: list[str] = ROOT_PERMISSIO
     assert root["key"] not in output and "Traceback" not in output, output
     # SIGTERM is a graceful stop: uvicorn drains, the store is closed, the exit is clean.
     assert server.returncode == 0, (server.returncode, output)
+
+
+def served_on_sqlite(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Served]:
+    """The body of a module-scoped fixture: ``keystile serve`` on a SQLite file of its own."""
+    directory: Path = tmp_path_factory.mktemp(name)
+    with serving(f"sqlite:///{directory / 'keys.db'}", directory) as running:
+        yield running
+
+
+def unkey_client(served: Served) -> Iterator[Unkey]:
+    """The body of a fixture: unkey-py pointed at the server, closed after."""
+    with served.client() as client:
+        yield client
+
+
+def new_api(unkey: Unkey, prefix: str) -> str:
+    """An API created through unkey-py whose first key fixes its ``prefix``."""
+    api_id: str = unkey.apis.create_api(name=f"api {prefix}").data.api_id
+    unkey.keys.create_key(api_id=api_id, prefix=prefix)  # the first key fixes the API's prefix
+    return api_id

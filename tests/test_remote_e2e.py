@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from served import Served, ServeProcess, serving
+from served import Served, ServeProcess, new_api, served_on_sqlite, serving, unkey_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -38,21 +38,15 @@ HOUR = 3_600_000
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory: Path = tmp_path_factory.mktemp("remote-e2e")
-    with serving(f"sqlite:///{directory / 'keys.db'}", directory) as running:
-        yield running
+    yield from served_on_sqlite(tmp_path_factory, "remote-e2e")
 
 
 @pytest.fixture
 def unkey(served: Served) -> Iterator[Unkey]:
-    with served.client() as client:
-        yield client
+    yield from unkey_client(served)
 
 
-def _api(unkey: Unkey, prefix: str) -> str:
-    api_id: str = unkey.apis.create_api(name=f"api {prefix}").data.api_id
-    unkey.keys.create_key(api_id=api_id, prefix=prefix)  # the first key fixes the API's prefix
-    return api_id
+_api = new_api
 
 
 # -- the same scenario, two clients -------------------------------------------------------------

@@ -19,7 +19,16 @@ from typing import Any
 import httpx
 import pytest
 from conftest import free_port
-from served import ROOT_PERMISSIONS, Served, keystile_cli, serving, wait_until_live
+from served import (
+    ROOT_PERMISSIONS,
+    Served,
+    keystile_cli,
+    new_api,
+    served_on_sqlite,
+    serving,
+    unkey_client,
+    wait_until_live,
+)
 from unkey.py import Unkey, errors
 
 from keystile import KeyAuthMiddleware, Keystile, VerifyResult
@@ -30,21 +39,15 @@ HOUR = 3_600_000
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory: Path = tmp_path_factory.mktemp("serve")
-    with serving(f"sqlite:///{directory / 'keys.db'}", directory) as running:
-        yield running
+    yield from served_on_sqlite(tmp_path_factory, "serve")
 
 
 @pytest.fixture
 def unkey(served: Served) -> Iterator[Unkey]:
-    with served.client() as client:
-        yield client
+    yield from unkey_client(served)
 
 
-def _api(unkey: Unkey, prefix: str) -> str:
-    api_id: str = unkey.apis.create_api(name=f"api {prefix}").data.api_id
-    unkey.keys.create_key(api_id=api_id, prefix=prefix)  # the first key fixes the API's prefix
-    return api_id
+_api = new_api
 
 
 def _code(unkey: Unkey, key: str, **request: Any) -> str:
