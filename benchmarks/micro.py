@@ -95,13 +95,14 @@ def _analytics_specs(fixture: Fixture) -> list[Spec]:
     idle = Recorder(setup.ks.store, Analytics(queue_size=10**9, batch_size=10**9,
                                               flush_interval=3600), setup.ks.now)
     request = VerifyRequest()
-    # 1000 verifications of one key in one minute, as a busy key's batch is.
-    batch = [(i, result, request) for i in range(1000)]
-    env = {"emit": idle.emit, "now": 0, "result": result, "request": request, "batch": batch,
+    # 1000 cache hits of one key in one minute, as a busy key's batch is.
+    entry = (0, request, result)
+    batch = [(0, [entry] * 1000)]
+    env = {"record": idle.record, "now": 0, "result": result, "request": request, "batch": batch,
            "write": setup.ks.store.write_events, "aggregate": aggregate}
     return [
-        Spec("analytics: Recorder.emit (the request path)", "emit(now, result, request)", env,
-             "a bounded deque append; the writer does the rest"),
+        Spec("analytics: Recorder.record (a cache hit's path)", "record(now, entry)",
+             {**env, "entry": entry}, "the answer entry appended to a bounded deque"),
         Spec("analytics: writer, 1000 verifications to SQLite", "write(aggregate(batch, 'i', None)[0])",
              env, "per-minute events of one key, one transaction (divide by 1000 per request)"),
     ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -140,37 +141,34 @@ def event_of(now: int, result: VerifyResult, request: VerifyRequest, instance: s
                  count)
 
 
-Queued = tuple[int, VerifyResult, VerifyRequest]
+#: What the request path queues: ``(deadline, request, result)``, the very shape of an
+#: entry of the verifier's answers (a cache hit queues that tuple itself: no allocation).
+Entry = tuple[int, VerifyRequest, VerifyResult]
 
 
-def aggregate(entries: Iterable[Queued], instance: str | None,
+def aggregate(segments: Iterable[tuple[int, Sequence[Entry]]], instance: str | None,
               region: str | None) -> tuple[list[Event], dict[str, int]]:
-    """Queued verifications as per-minute events, and the latest time of each key.
+    """Queued verifications, a list per minute, as per-minute events; and the latest
+    minute each key was verified in.
 
-    Cache hits answer with the very same result object, so most entries group by
-    object identity first (cheap), then by what the event records.
+    Cache hits queue the same tuple again and again, so entries are first counted by
+    identity in C (``Counter(map(id, ...))``), then by what the event records.
     """
-    groups: dict[tuple[int, int, int], list[Any]] = {}
-    for now, result, request in entries:
-        group_key = (now // MINUTE_MS, id(result), id(request))
-        group = groups.get(group_key)
-        if group is None:
-            groups[group_key] = [now, result, request, 1, now]
-        else:
-            group[3] += 1
-            if now > group[4]:
-                group[4] = now
     rows: dict[tuple[Any, ...], Event] = {}
     latest: dict[str, int] = {}
-    for now, result, request, count, last in groups.values():
-        event = event_of(now, result, request, instance, region, count)
-        row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
-                   event.identity_id, event.tags)
-        known = rows.get(row_key)
-        rows[row_key] = event if known is None else dataclasses.replace(
-            known, count=known.count + event.count, spent=known.spent + event.spent)
-        if event.key_id is not None and last > latest.get(event.key_id, 0):
-            latest[event.key_id] = last
+    for minute, entries in segments:
+        ids = list(map(id, entries))
+        by_id = dict(zip(ids, entries, strict=True))
+        for ident, count in collections.Counter(ids).items():
+            _, request, result = by_id[ident]
+            event = event_of(minute, result, request, instance, region, count)
+            row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
+                       event.identity_id, event.tags)
+            known = rows.get(row_key)
+            rows[row_key] = event if known is None else dataclasses.replace(
+                known, count=known.count + event.count, spent=known.spent + event.spent)
+            if event.key_id is not None and minute > latest.get(event.key_id, -1):
+                latest[event.key_id] = minute
     return list(rows.values()), latest
 
 
@@ -308,7 +306,15 @@ class Recorder:
         self.store, self.options, self.clock = store, options, clock
         self.instance = options.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.region = options.region or os.environ.get("KEYSTILE_REGION") or None
-        self.queue: collections.deque[tuple[int, VerifyResult, VerifyRequest]] = collections.deque()
+        # One deque per minute, the last the current one: the request path appends to the
+        # current deque; the writer copies whole deques (never pops), so nothing appended
+        # concurrently is lost, and a deque it copied is read once more for stragglers.
+        self._current: collections.deque[Entry] = collections.deque()
+        self._minute, self._minute_end = 0, -1  # the current deque's minute (none yet)
+        self._segments: list[tuple[int, collections.deque[Entry]]] = []
+        self._retired: list[tuple[int, collections.deque[Entry], int]] = []
+        self._backlog = 0  # entries in deques older than the current one
+        self._segments_lock = threading.Lock()
         self._max = options.queue_size
         self._batch = options.batch_size
         self.dropped = 0  # events not recorded: the queue was full
@@ -328,13 +334,35 @@ class Recorder:
 
     def emit(self, now: int, result: VerifyResult, request: VerifyRequest) -> None:
         """Queue one verification (the request path: no I/O, no lock, never blocks)."""
-        queue = self.queue
-        if len(queue) >= self._max:
+        self.record(now, (0, request, result))
+
+    def record(self, now: int, entry: Entry) -> None:
+        """Queue one verification given as ``(deadline, request, result)``: a cache hit
+        passes the answer entry it found, so queueing it allocates nothing."""
+        if now >= self._minute_end:
+            self._new_minute(now)
+        current = self._current
+        if len(current) + self._backlog >= self._max:
             self.dropped += 1
             return
-        queue.append((now, result, request))
-        if len(queue) == self._batch:
+        current.append(entry)
+        if len(current) == self._batch:
             self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Verifications waiting for the writer."""
+        return len(self._current) + self._backlog
+
+    def _new_minute(self, now: int) -> None:
+        with self._segments_lock:
+            if self._minute <= now < self._minute_end:
+                return  # another thread started this minute
+            self._minute = now - now % MINUTE_MS
+            self._minute_end = self._minute + MINUTE_MS
+            self._backlog += len(self._current)
+            self._current = collections.deque()
+            self._segments.append((self._minute, self._current))
 
     def flush(self) -> None:
         """Write every event queued so far, now (the caller waits)."""
@@ -351,7 +379,7 @@ class Recorder:
             self._drain(everything=True)
         except KeystileError as exc:
             logger.warning("keystile: %d analytics events not written at close: %s",
-                           len(self._pending) + len(self.queue), exc)
+                           sum(e.count for e in self._pending) + self.queued, exc)
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -374,12 +402,13 @@ class Recorder:
     def _drain(self, *, everything: bool) -> None:
         # While the store fails, the one batch taken waits here and is tried again first;
         # the queue keeps its bound meanwhile (new verifications beyond it are dropped).
+        # ``everything``: a second pass too, for entries appended while the first copied.
         with self._lock:
-            while True:
+            for _ in range(2 if everything else 1):
                 if not self._pending:
                     self._pending, self._pending_latest = self._take()
                 if not self._pending:
-                    return
+                    continue
                 try:
                     self.store.write_events(self._pending)
                 except KeystileError:
@@ -389,12 +418,23 @@ class Recorder:
                 self._pending, latest = [], self._pending_latest
                 self._touch(latest)
                 self._trim()
-                if not everything and len(self.queue) < self._batch:
-                    return
 
     def _take(self) -> tuple[list[Event], dict[str, int]]:
-        queue = self.queue
-        taken = [queue.popleft() for _ in range(min(len(queue), 50_000))]
+        """Everything queued so far, aggregated; the current minute goes on in a new deque."""
+        with self._segments_lock:
+            segments, self._backlog = self._segments, 0
+            self._current = collections.deque()
+            self._segments = [(self._minute, self._current)]
+        retired, self._retired = self._retired, []
+        taken: list[tuple[int, Sequence[Entry]]] = []
+        for minute, entries, seen in retired:  # appended after the copy, by a thread that had it
+            if len(entries) > seen:
+                taken.append((minute, list(itertools.islice(entries, seen, None))))
+        for minute, entries in segments:
+            copied = list(entries)
+            self._retired.append((minute, entries, len(copied)))
+            if copied:
+                taken.append((minute, copied))
         return aggregate(taken, self.instance, self.region)
 
     def _touch(self, latest: Mapping[str, int]) -> None:
@@ -424,8 +464,11 @@ class Recorder:
     def _after_fork(self) -> None:
         """In a forked child: a lock held by the parent's writer, and no thread."""
         self._lock = threading.Lock()
+        self._segments_lock = threading.Lock()
         self._wake = threading.Event()
-        self.queue.clear()
+        self._current = collections.deque()
+        self._minute, self._minute_end, self._backlog = 0, -1, 0
+        self._segments, self._retired = [], []
         self._pending = []
         if not self._stop:
             self._start()

@@ -172,7 +172,7 @@ class KeyAuthMiddleware:
             # a static valid result, so no headers to add.
             result = answer[2]
             if self._events is not None:
-                self._events.emit(now, result, gate.request)
+                self._events.record(now, answer)  # the entry itself: nothing allocated
             scope["keystile"] = result
             scope[VERIFIER_SCOPE_KEY] = verifier
             memo = self._principals.memo.get(id(result))

@@ -181,7 +181,7 @@ class Verifier:
             now = self.now()
             if now < answer[0]:
                 if self.events is not None:
-                    self.events.emit(now, answer[2], request)
+                    self.events.record(now, answer)
                 return answer[2]
         return None
 
