@@ -8,7 +8,9 @@ outcome, then the queries must give exactly the counts that were sent.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -297,4 +299,36 @@ def test_if_an_event_is_read_back_then_it_has_every_field(store_url: str, clock:
 
     assert event == Event(clock(), "VALID", created.key_id, api.keyspace_id, api.id,
                           ks.get_identity("acme").id, "acme", ("plan=pro",), 3, "web-1", "eu-west")
+    ks.close()
+
+
+def _child_verifies(ks: Keystile, key: str, times: int, done: Any) -> None:
+    for _ in range(times):
+        ks.verify(key)
+    events = ks.verifier.events
+    assert events is not None
+    deadline = time.monotonic() + 10  # the child's own writer (restarted after the fork) writes them
+    while events.written < times and time.monotonic() < deadline:
+        time.sleep(0.02)
+    done.put(events.written)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads running
+def test_if_the_process_forks_then_the_child_records_its_own_verifications(tmp_path: Path) -> None:
+    ks = Keystile(f"sqlite:///{tmp_path / 'k.db'}", analytics=Analytics(flush_interval=0.05))
+    created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
+    for _ in range(5):
+        ks.verify(created.key)  # the parent's, queued (perhaps written) before the fork
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    child = context.Process(target=_child_verifies, args=(ks, created.key, 40, done))
+    child.start()
+    try:
+        written = done.get(timeout=20)
+    finally:
+        child.join(10)
+    total = sum(b.total for b in ks.verifications(since=WEEK, by="day"))
+
+    assert written == 40  # the child's writer wrote the child's verifications, not the parent's
+    assert total == 45
     ks.close()
