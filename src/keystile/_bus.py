@@ -7,6 +7,7 @@ relies on the cache lifetime; Redis adds pub/sub.)
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Protocol
@@ -21,6 +22,15 @@ class Listener(Protocol):
 
 _LISTENERS: dict[str, weakref.WeakSet[Listener]] = {}
 _LOCK = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def subscribe(url: str, listener: Listener) -> None:

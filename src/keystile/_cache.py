@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from cachetools import FIFOCache
 
 from ._errors import ConfigurationError
+from ._forks import on_fork
 from ._models import KeyRecord, VerifyRequest, VerifyResult
 
 __all__ = ["Answer", "Entry", "RecordCache"]
@@ -77,6 +78,14 @@ class RecordCache:
         self._generation = 0
         self.hits = 0
         self.misses = 0
+        on_fork(self)
+
+    def _after_fork(self) -> None:
+        # The parent's loading threads and tasks are not in the child: their lock and
+        # loads are void (a waiter would wait for good).
+        self._lock = threading.Lock()
+        self._inflight = {}
+        self._ainflight = {}
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ._credits import apply_refill, next_refill_moment
 from ._decide import LimitCheck, Plan, Settlement, State
+from ._forks import on_fork
 from ._models import Code, RatelimitResult
 from ._ratelimit import window_counts
 
@@ -48,6 +49,10 @@ class Leases:
 
     def __init__(self) -> None:
         self.held: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        on_fork(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def spend(self, plan: Plan, now: int) -> Settlement | None:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Generic, TypeVar
 
+from ._forks import on_fork
+
 __all__ = ["PerLoop"]
 
 C = TypeVar("C")
@@ -30,6 +32,12 @@ class PerLoop(Generic[C]):
         self._close = close
         self._clients: dict[asyncio.AbstractEventLoop, tuple[C, AsyncIterator[None]]] = {}
         self._lock = threading.Lock()
+        on_fork(self)
+
+    def _after_fork(self) -> None:
+        # The parent's loops and their clients' sockets are not the child's to use.
+        self._lock = threading.Lock()
+        self._clients = {}
 
     async def get(self) -> C:
         loop = asyncio.get_running_loop()

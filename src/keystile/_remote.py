@@ -39,6 +39,7 @@ from ._errors import (
     StoreUnavailableError,
     UnknownRatelimitError,
 )
+from ._forks import on_fork
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
 from ._loops import PerLoop
@@ -65,6 +66,10 @@ class _Breaker:
         self._count = 0
         self._open_until = 0.0
         self._trial = False
+        self._lock = threading.Lock()
+        on_fork(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def allow(self) -> bool | None:
@@ -162,6 +167,12 @@ class RemoteVerifier:
         self._sync: httpx.Client | None = None
         self._sync_lock = threading.Lock()
         self._async: PerLoop[httpx.AsyncClient] = PerLoop(self._make_async, _aclose)
+        on_fork(self)
+
+    def _after_fork(self) -> None:
+        # The parent's pooled connections are its own: the child opens its own.
+        self._sync_lock = threading.Lock()
+        self._sync = None
 
     def __repr__(self) -> str:
         return f"RemoteVerifier({self.url!r})"

@@ -23,6 +23,7 @@ from ._analytics import Analytics, recorder_for, records_events
 from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
+from ._forks import on_fork
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
@@ -70,10 +71,14 @@ class Verifier:
         self.store.listen(self)
         self.leases = Leases()
         self._acquiring = threading.Lock()
+        on_fork(self)
         self._release_at_exit = False
         #: Where each verification's event goes (``analytics=False``, or a store that
         #: records none: ``None``).
         self.events = recorder_for(self.store, analytics, now) if records_events(self.store) else None
+
+    def _after_fork(self) -> None:
+        self._acquiring = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"

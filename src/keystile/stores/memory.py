@@ -10,6 +10,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 from .._analytics import Event, EventFilter
 from .._errors import ConflictError
+from .._forks import on_fork
 from ._base import KINDS, Doc, State, Store
 
 __all__ = ["MemoryStore"]
@@ -28,6 +29,7 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)
         self._lock = threading.RLock()
+        on_fork(self)
         self._docs: dict[str, dict[str, Doc]] = {kind: {} for kind in KINDS}
         self._unique: dict[tuple[str, str], dict[str, str]] = {
             (kind, field): {} for kind, (uniques, _) in KINDS.items() for field in uniques
@@ -36,6 +38,9 @@ class MemoryStore(Store):
         #: The latest analytics events (a bounded window: this store is for tests and
         #: single processes; older events fall off the end).
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
 
     def get(self, kind: str, id: str) -> Doc | None:
         doc = self._docs[kind].get(id)

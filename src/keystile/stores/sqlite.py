@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from .._analytics import Event, EventFilter
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+from .._forks import on_fork
 from ._base import KINDS, Doc, State, Store
 
 __all__ = ["SQLiteStore"]
@@ -100,6 +101,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        on_fork(self)
         self._closed = False
         self._opened = False
         with self._errors():
@@ -107,6 +109,9 @@ class SQLiteStore(Store):
         self._opened = True
 
     # -- connections ----------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        self._connections_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         if self._closed:
