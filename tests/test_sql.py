@@ -395,10 +395,11 @@ VALID = [
 ]
 
 
-def garbled(rng: random.Random) -> str:
+def garbled(rng: random.Random, valid: list[str] = VALID) -> str:
+    """A query of random pieces, or a valid one with a few characters or pieces changed."""
     if rng.random() < 0.4:
         return " ".join(rng.choice(PIECES) for _ in range(rng.randint(1, 20)))
-    chars = list(rng.choice(VALID))
+    chars = list(rng.choice(valid))
     for _ in range(rng.randint(1, 4)):
         at = rng.randrange(len(chars) + 1)
         if rng.random() < 0.5 and chars:

@@ -34,7 +34,9 @@ _ERRORS = {
     403: "The root key lacks the permission, or is disabled",
     404: "What the request names does not exist",
     409: "It exists already",
-    412: "A precondition failed: delete protection, an unknown rate limit name, recoverable keys",
+    412: "A precondition failed: delete protection, an unknown rate limit name, recoverable keys,"
+         " a store that keeps no analytics",
+    422: "The query needs more than the server allows: too many events in its time range",
     500: "Unexpected error (no details are given away)",
     503: "The store cannot answer right now",
 }
