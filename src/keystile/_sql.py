@@ -29,7 +29,7 @@ names are case-insensitive; ``--`` and ``/* */`` are comments::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -546,19 +546,19 @@ class _Parser:
 
     # -- expressions --
 
-    def expr(self) -> Node:
-        node = self.conjunction()
-        while self.at("OR"):
+    def chain(self, operand: Callable[[], Node], *ops: str) -> Node:
+        """``operand (op operand)*``, left to right; ``ops`` are operators or keywords."""
+        node = operand()
+        while self.at(*ops) or self.at_op(*ops):
             token = self.advance()
-            node = Operation(token.pos, "or", (node, self.conjunction()))
+            node = Operation(token.pos, token.text.lower(), (node, operand()))
         return node
 
+    def expr(self) -> Node:
+        return self.chain(self.conjunction, "OR")
+
     def conjunction(self) -> Node:
-        node = self.negation()
-        while self.at("AND"):
-            token = self.advance()
-            node = Operation(token.pos, "and", (node, self.negation()))
-        return node
+        return self.chain(self.negation, "AND")
 
     def negation(self) -> Node:
         if self.at("NOT"):
@@ -622,18 +622,10 @@ class _Parser:
         return items
 
     def sum(self) -> Node:
-        node = self.product()
-        while self.at_op("+", "-", "||"):
-            token = self.advance()
-            node = Operation(token.pos, token.text, (node, self.product()))
-        return node
+        return self.chain(self.product, "+", "-", "||")
 
     def product(self) -> Node:
-        node = self.unary()
-        while self.at_op("*", "/", "%"):
-            token = self.advance()
-            node = Operation(token.pos, token.text, (node, self.unary()))
-        return node
+        return self.chain(self.unary, "*", "/", "%")
 
     def unary(self) -> Node:
         if self.at_op("-"):
