@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from . import _sqlfunctions as fn
@@ -29,6 +29,7 @@ from ._sql import (
     Between,
     Call,
     Column,
+    Item,
     Literal,
     Node,
     Operation,
@@ -50,22 +51,21 @@ UNROLLED: Final = "\0arrayJoin"
 _MAX_NODES: Final = 5_000  # nodes of the query once its aliases are expanded
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A query checked against a table: every name resolved, ready to :func:`run`."""
+@dataclass(frozen=True, slots=True)
+class Plan(Select):
+    """A query checked against a table, ready to :func:`run`: every name resolved (aliases
+    expanded, ``*`` and ``ORDER BY 2`` replaced by what they stand for)."""
 
-    names: tuple[str, ...]
-    exprs: tuple[Node, ...]
-    where: Node | None = None
-    group_by: tuple[Node, ...] = ()
-    having: Node | None = None
-    order_by: tuple[Order, ...] = ()
-    limit: int | None = None
-    offset: int = 0
-    distinct: bool = False
     aggregate: bool = False
     unroll: Node | None = None  # what arrayJoin unrolls
-    columns: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(item.name for item in self.items)
+
+    @property
+    def exprs(self) -> tuple[Node, ...]:
+        return tuple(item.expr for item in self.items if item.expr is not None)
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -75,14 +75,15 @@ def plan(select: Select, columns: Collection[str], missing: Mapping[str, str] | 
     """``select`` checked against a table of ``columns`` (``missing``: columns the
     table has elsewhere but not here, and why, for a clearer error)."""
     resolver = _Resolver(select, columns, missing or {})
-    names, exprs = resolver.items()
-    where = resolver.resolve(select.where)
-    group_by = tuple(resolver.resolve(_positional(node, exprs, "GROUP BY")) for node in select.group_by)
-    having = resolver.resolve(select.having)
-    order_by = tuple(Order(resolver.resolve(_positional(order.expr, exprs, "ORDER BY")),
-                           order.descending, order.nulls_first) for order in select.order_by)
-    built = Plan(names, exprs, where, group_by, having, order_by, select.limit, select.offset,
-                 select.distinct, columns=frozenset(columns))
+    items = resolver.items()
+    exprs = tuple(item.expr for item in items if item.expr is not None)
+    built = Plan(
+        items, select.table, select.table_pos, resolver.resolve(select.where),
+        tuple(resolver.resolve(_positional(node, exprs, "GROUP BY")) for node in select.group_by),
+        resolver.resolve(select.having),
+        tuple(Order(resolver.resolve(_positional(order.expr, exprs, "ORDER BY")), order.descending,
+                    order.nulls_first) for order in select.order_by),
+        select.limit, select.offset, select.distinct)
     built = _unrolled(built)
     return dataclasses.replace(built, aggregate=_check_aggregates(built))
 
@@ -99,17 +100,15 @@ class _Resolver:
                 self.aliases[item.name] = item.expr
         self.budget = _MAX_NODES
 
-    def items(self) -> tuple[tuple[str, ...], tuple[Node, ...]]:
-        names: list[str] = []
-        exprs: list[Node] = []
+    def items(self) -> tuple[Item, ...]:
+        items: list[Item] = []
         for item in self.select.items:
             if item.expr is None:  # SELECT *
-                names += sorted(self.columns)
-                exprs += [Column(0, name) for name in sorted(self.columns)]
+                items += [Item(Column(0, name), name) for name in sorted(self.columns)]
             else:
-                names.append(item.name)
-                exprs.append(self.resolve(item.expr, frozenset({item.name} if item.aliased else ())))
-        return tuple(names), tuple(exprs)
+                expanding = frozenset({item.name} if item.aliased else ())
+                items.append(Item(self.resolve(item.expr, expanding), item.name, item.aliased))
+        return tuple(items)
 
     def resolve(self, node: Node | None, expanding: frozenset[str] = frozenset()) -> Any:
         if node is None:
@@ -201,10 +200,10 @@ def _unrolled(built: Plan) -> Plan:
         return with_children(node, [swap(child) for child in children(node)])
 
     return dataclasses.replace(
-        built, exprs=tuple(swap(e) for e in built.exprs), where=swap(built.where),
-        group_by=tuple(swap(e) for e in built.group_by), having=swap(built.having),
-        order_by=tuple(Order(swap(o.expr), o.descending, o.nulls_first) for o in built.order_by),
-        unroll=call.args[0])
+        built, items=tuple(Item(swap(i.expr), i.name, i.aliased) for i in built.items),
+        where=swap(built.where), group_by=tuple(swap(e) for e in built.group_by),
+        having=swap(built.having), unroll=call.args[0],
+        order_by=tuple(Order(swap(o.expr), o.descending, o.nulls_first) for o in built.order_by))
 
 
 def _aggregate_calls(node: Node | None) -> list[Call]:
