@@ -345,8 +345,13 @@ async def test_if_the_range_reaches_beyond_the_retention_then_400_saying_how_far
         "query": f"SELECT count() FROM {RAW} WHERE time >= now() - INTERVAL 31 DAY"}, 400,
         "user/bad_request/query_range_exceeds_retention")
 
+    ancient = await server.fail("analytics.getVerifications", {
+        "query": f"SELECT count() FROM {RAW} WHERE time > -9223372036854775807"}, 400,
+        "user/bad_request/query_range_exceeds_retention")
+
     assert "keeps 30 days" in error["detail"] and "2026-02-13 00:00 UTC" in error["detail"]
     assert error["errors"][0]["location"] == "body.query"
+    assert "reaches back to -4611686018427387904 (Unix ms)" in ancient["detail"]
     assert await rows(server, f"SELECT count() AS n FROM {RAW} WHERE time >= toStartOfDay(now() - "
                               "INTERVAL 30 DAY)") == [{"n": 14}]
 

@@ -171,7 +171,7 @@ def _span(query: Plan, table: Table, now: int, retention_ms: int) -> tuple[int, 
     if low is not None and low < earliest:
         raise SqlError(
             f"the query reaches back to {_date(low)}, beyond what is kept: this server keeps "
-            f"{retention_ms // _DAY} days of verifications, so a query of {table.name} may start "
+            f"{retention_ms / _DAY:g} days of verifications, so a query of {table.name} may start "
             f"at {_date(earliest)} at the earliest", code="query_range_exceeds_retention",
             fix="raise the lower bound of time, e.g. time >= now() - INTERVAL 7 DAY")
     since = now - retention_ms if low is None else low
@@ -188,7 +188,11 @@ def _bucket_end(unit: str, time: int) -> int:
 
 
 def _date(time: int) -> str:
-    return dt.datetime.fromtimestamp(time / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=time)
+    except OverflowError:
+        return f"{time} (Unix ms)"
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _events(call: Call, query: Plan, readable: frozenset[str] | None, since: int,
