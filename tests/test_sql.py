@@ -184,8 +184,11 @@ def test_if_an_alias_names_a_column_inside_its_own_definition_then_it_is_the_col
     built = plan(parse("SELECT outcome, sum(count) AS count FROM t GROUP BY outcome ORDER BY count DESC"),
                  [*COLUMNS, "count"])
 
-    assert run(built, rows, now=NOW) == [{"outcome": "VALID", "count": 6},
-                                         {"outcome": "RATE_LIMITED", "count": 2}]
+    by_position = plan(parse("SELECT outcome, sum(count) AS count FROM t GROUP BY 1 ORDER BY 2 DESC"),
+                       [*COLUMNS, "count"])
+
+    assert run(built, rows, now=NOW) == run(by_position, rows, now=NOW) == [
+        {"outcome": "VALID", "count": 6}, {"outcome": "RATE_LIMITED", "count": 2}]
 
 
 def test_if_an_alias_is_grouped_by_then_the_expression_is_grouped_as_clickhouse_does() -> None:

@@ -65,7 +65,6 @@ MAX_QUERY_LENGTH: Final = 10_000
 MAX_DEPTH: Final = 100
 _MAX_NESTING: Final = 32  # parentheses, calls and NOTs inside each other, while parsing
 INTERVAL_UNITS: Final = ("SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "QUARTER", "YEAR")
-COMPARISONS: Final = frozenset({"=", "!=", "<", "<=", ">", ">="})
 
 
 class SqlError(ValidationError):

@@ -79,10 +79,10 @@ def plan(select: Select, columns: Collection[str], missing: Mapping[str, str] | 
     exprs = tuple(item.expr for item in items if item.expr is not None)
     built = Plan(
         items, select.table, select.table_pos, resolver.resolve(select.where),
-        tuple(resolver.resolve(_positional(node, exprs, "GROUP BY")) for node in select.group_by),
+        tuple(resolver.by(node, exprs, "GROUP BY") for node in select.group_by),
         resolver.resolve(select.having),
-        tuple(Order(resolver.resolve(_positional(order.expr, exprs, "ORDER BY")), order.descending,
-                    order.nulls_first) for order in select.order_by),
+        tuple(Order(resolver.by(order.expr, exprs, "ORDER BY"), order.descending, order.nulls_first)
+              for order in select.order_by),
         select.limit, select.offset, select.distinct)
     built = _unrolled(built)
     return dataclasses.replace(built, aggregate=_check_aggregates(built))
@@ -125,6 +125,17 @@ class _Resolver:
             node = _checked_call(node)
         return with_children(node, [self.resolve(child, expanding) for child in children(node)])
 
+    def by(self, node: Node, exprs: tuple[Node, ...], clause: str) -> Node:
+        """A GROUP BY or ORDER BY expression: ``2`` is the second selected one (ClickHouse's
+        positional arguments), already resolved."""
+        if isinstance(node, Literal) and type(node.value) is int:
+            if not 1 <= node.value <= len(exprs):
+                raise SqlError(f"{clause} {node.value} names no column: the query selects {len(exprs)}",
+                               node.pos)
+            return exprs[node.value - 1]
+        resolved: Node = self.resolve(node)
+        return resolved
+
     def column(self, node: Column, expanding: frozenset[str]) -> Node:
         name = node.name
         if name in self.aliases and name not in expanding:
@@ -163,16 +174,6 @@ def _arity(low: int, high: int | None) -> str:
     if high is None:
         return f"{low} or more arguments"
     return f"{low} to {high} arguments"
-
-
-def _positional(node: Node, exprs: tuple[Node, ...], clause: str) -> Node:
-    """``ORDER BY 2``: the second selected expression (ClickHouse's positional arguments)."""
-    if isinstance(node, Literal) and type(node.value) is int:
-        if not 1 <= node.value <= len(exprs):
-            raise SqlError(f"{clause} {node.value} names no column: the query selects {len(exprs)}",
-                           node.pos)
-        return exprs[node.value - 1]
-    return node
 
 
 def _every_expr(built: Plan) -> list[Node]:
