@@ -381,6 +381,17 @@ async def test_if_an_answer_has_more_rows_than_allowed_then_it_is_cut_as_unkey_c
     assert len(await rows(server, f"SELECT time FROM {RAW}")) == 2
 
 
+async def test_if_the_store_cannot_answer_then_503_with_retry_after(
+    server: Server, traffic: Traffic,
+) -> None:
+    server.ks.store.close()
+
+    response = await server.post("analytics.getVerifications", {"query": f"SELECT count() FROM {RAW}"})
+
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["type"].endswith("/unkey/application/service_unavailable")
+
+
 # -- malformed queries ----------------------------------------------------------------------------
 
 
