@@ -41,6 +41,7 @@ ROOT_PERMISSIONS = [
     "rbac.*.read_permission", "rbac.*.create_role", "rbac.*.read_role",
     "rbac.*.add_permission_to_role", "identity.*.create_identity", "identity.*.read_identity",
     "identity.*.update_identity", "identity.*.delete_identity", "ratelimit.*.limit",
+    "api.*.read_analytics",
 ]
 NO_RETRIES = RetryConfig("none", BackoffStrategy(1, 1, 1, 1), False)
 

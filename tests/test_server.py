@@ -977,7 +977,7 @@ async def test_if_the_openapi_document_is_served_then_every_operation_is_in_it(s
     assert server.document["openapi"] == "3.1.0"
     assert sorted(paths) == sorted(f"/v2/{op.name}" for op in OPERATIONS)
     assert {op.name.split(".")[0] for op in OPERATIONS} == {
-        "apis", "keys", "permissions", "identities", "ratelimit"}
+        "apis", "keys", "permissions", "identities", "ratelimit", "analytics"}
     for op in OPERATIONS:
         post = paths[op.path]["post"]
         assert post["requestBody"]["content"]["application/json"]["schema"] == op.request

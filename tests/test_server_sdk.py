@@ -252,6 +252,27 @@ def test_if_unkey_py_takes_a_standalone_rate_limit_then_it_denies_when_exhausted
 # -- errors, as unkey-py's typed exceptions ---------------------------------------------------------
 
 
+def test_if_unkey_py_queries_the_verifications_then_the_rows_and_typed_400s_come_back(
+    unkey: Unkey,
+) -> None:
+    api_id = _api(unkey, "sk_stats")
+    key = unkey.keys.create_key(api_id=api_id, credits={"remaining": 2}).data
+    codes = [_code(unkey, key.key, tags=["path=/stats"]) for _ in range(3)]
+
+    answer = unkey.analytics.get_verifications(query=(
+        "SELECT outcome, count() AS n, sum(spent_credits) AS spent FROM key_verifications_v1 "
+        f"WHERE key_id = '{key.key_id}' AND has(tags, 'path=/stats') AND time >= now() - INTERVAL 1 HOUR "
+        "GROUP BY outcome ORDER BY outcome"))
+    with pytest.raises(errors.BadRequestErrorResponse) as invalid:
+        unkey.analytics.get_verifications(query="SELECT latency FROM key_verifications_v1")
+
+    assert codes == ["VALID", "VALID", "USAGE_EXCEEDED"]
+    assert answer.data == [{"outcome": "USAGE_EXCEEDED", "n": 1, "spent": 0},
+                           {"outcome": "VALID", "n": 2, "spent": 2}]
+    assert invalid.value.data.error.type.endswith("/user/bad_request/invalid_analytics_query")
+    assert invalid.value.data.error.errors[0].location == "body.query"
+
+
 def test_if_the_root_key_is_unknown_or_lacks_the_permission_then_typed_401_and_403(served: Served) -> None:
     with served.client("ks-root_" + "1" * 43) as stranger, pytest.raises(
             errors.UnauthorizedErrorResponse) as unknown:

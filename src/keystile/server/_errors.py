@@ -59,7 +59,8 @@ ERROR_BASE = "https://unkey.com/docs/errors/"
 _TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflicting Resource", 410: "Resource Gone",
-    412: "Precondition Failed", 413: "Request Entity Too Large", 429: "Too Many Requests",
+    412: "Precondition Failed", 413: "Request Entity Too Large", 422: "Unprocessable Entity",
+    429: "Too Many Requests",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
 

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from .._ids import new_id
 from .._manage import Keystile
 from ..stores import Store
-from . import _apis, _identities, _keys, _ratelimit, _rbac
+from . import _analytics, _apis, _identities, _keys, _ratelimit, _rbac
 from ._errors import ApiError, api_error_from, error_response
 from ._ops import Call, Operation, Page
 from ._schema import validate
@@ -44,7 +44,7 @@ logger = logging.getLogger("keystile.server")
 
 OPERATIONS: tuple[Operation, ...] = (
     *_apis.OPERATIONS, *_keys.OPERATIONS, *_rbac.OPERATIONS, *_identities.OPERATIONS,
-    *_ratelimit.OPERATIONS,
+    *_ratelimit.OPERATIONS, *_analytics.OPERATIONS,
 )
 MAX_BODY_BYTES = 1 << 20
 

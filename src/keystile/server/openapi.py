@@ -35,7 +35,9 @@ _ERRORS = {
     404: "What the request names does not exist",
     409: "It exists already",
     412: ("A precondition failed: delete protection, an unknown rate limit name, recoverable keys"
-          " (the API does not store encrypted keys, or the master key is missing or wrong)"),
+          " (the API does not store encrypted keys, or the master key is missing or wrong), a store"
+          " that keeps no analytics"),
+    422: "The query needs more than the server allows: too many events in its time range",
     500: "Unexpected error (no details are given away)",
     503: "The store cannot answer right now",
 }

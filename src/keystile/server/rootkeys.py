@@ -51,7 +51,7 @@ _META_FIELD: Final = "rootPermissions"
 ROOT_ACTIONS: Final[dict[str, frozenset[str]]] = {
     "api": frozenset({
         "create_api", "read_api", "update_api", "delete_api", "create_key", "read_key",
-        "update_key", "delete_key", "verify_key", "encrypt_key", "decrypt_key"}),
+        "update_key", "delete_key", "verify_key", "encrypt_key", "decrypt_key", "read_analytics"}),
     "rbac": frozenset({
         "create_permission", "read_permission", "update_permission", "delete_permission",
         "create_role", "read_role", "update_role", "delete_role", "add_permission_to_role",
@@ -99,6 +99,17 @@ class Principal:
     def allows_anywhere(self, group: str, action: str) -> bool:
         """Whether ``action`` is granted on at least one resource of ``group``."""
         return any(p.startswith(group + ".") and p.endswith("." + action) for p in self.permissions)
+
+    def resources(self, group: str, action: str) -> frozenset[str]:
+        """The resources granted ``action`` one by one: ``api_1`` for ``api.api_1.action``
+        (``*`` is not one: ask :meth:`allows`)."""
+        found = set()
+        for permission in self.permissions:
+            name, _, rest = permission.partition(".")
+            resource, _, granted = rest.rpartition(".")
+            if name == group and granted == action and resource not in ("", "*"):
+                found.add(resource)
+        return frozenset(found)
 
 
 class RootKeys:
