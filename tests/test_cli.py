@@ -335,3 +335,15 @@ def test_if_analytics_gets_a_bad_option_then_it_says_so_without_a_traceback(
 
     assert status == 2
     assert message in captured.err + captured.out and "Traceback" not in captured.err
+
+
+def test_if_matplotlib_is_missing_then_plot_says_which_extra_to_install(
+    cli: Cli, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+
+    status = main(["analytics", "--store", cli.store, "--plot", str(tmp_path / "u.png")])
+    captured = capsys.readouterr()
+
+    assert status == 2 and "pip install 'keystile[plot]'" in captured.err + captured.out
+    assert not (tmp_path / "u.png").exists()
