@@ -4,9 +4,10 @@ Documents are JSON strings; unique fields have a hash ``value -> id`` per kind a
 field, grouping fields and each kind's ids a sorted set (scanned by id with
 ``ZRANGEBYLEX``). Every document write is one Lua script that checks the unique
 fields and moves the indexes with the document, so it is atomic. Dynamic states
-(credits, rate-limit windows) are JSON strings too; a verify settles them in ONE
-round trip (one ``EVALSHA``, see ``_redis_settle``), and a cache miss reads the key,
-its identity and its roles in one script as well.
+(credits, rate-limit windows) are JSON strings too, written in a canonical form the
+settle script reads without decoding; a verify settles them in ONE round trip (one
+``EVALSHA``, see ``_redis_settle``), and a cache miss reads the key, its identity and
+its roles in one script as well.
 
 Options in the URL's query: ``prefix`` (default ``ks:``) namespaces every key, so
 several apps or test runs can share a database; ``timeout`` (seconds, default 0.5)
@@ -44,7 +45,7 @@ from .._loops import PerLoop
 from .._models import KeyRecord
 from .._records import key_record_from_docs
 from ._base import KINDS, Doc, NativeAsync, State, Store
-from ._redis_settle import LuaSettle, TooLate, state_redis_key
+from ._redis_settle import LuaSettle, TooLate, decode_state, encode_state, state_redis_key
 
 try:
     import redis
@@ -402,7 +403,7 @@ class RedisStore(Store):
                     if names:
                         pipe.watch(*names)
                     raws = pipe.mget(names) if names else []
-                    states = {key: json.loads(raw) if raw is not None else None
+                    states = {key: decode_state(raw) if raw is not None else None
                               for key, raw in zip(keys, raws, strict=True)}
                     writes, value = fn(states)
                     pipe.multi()
@@ -410,7 +411,7 @@ class RedisStore(Store):
                         if state is None:
                             pipe.delete(self._state_key(key))
                         else:
-                            pipe.set(self._state_key(key), json.dumps(state))
+                            pipe.set(self._state_key(key), encode_state(state))
                     pipe.execute()
                     return value
                 except WatchError:
@@ -421,7 +422,7 @@ class RedisStore(Store):
             return {}
         with self._errors():
             raws = self.client.mget([self._state_key(key) for key in keys])
-        return {key: json.loads(raw) if raw is not None else None
+        return {key: decode_state(raw) if raw is not None else None
                 for key, raw in zip(keys, raws, strict=True)}
 
     # -- analytics events -----------------------------------------------------------------
@@ -547,7 +548,7 @@ class _AsyncRedis:
                 store._offset_due = time.monotonic() + 60
             keys, args = store._settle.arguments(plan, now, store._deadline_us(store._offset_us))
             try:
-                return LuaSettle.settlement(plan, await script(keys=keys, args=args))
+                return LuaSettle.settlement(plan, now, await script(keys=keys, args=args))
             except TooLate as exc:
                 raise StoreUnavailableError(f"Redis store: {exc}") from exc
 
