@@ -8,14 +8,16 @@ and a reference round trip to compare with.
   (``?prefix=`` of the store URL; in ``--mode http`` a sub-prefix per server process),
   and is deleted when the run ends.
 - **Round trips, counted where they are sent**: one ``send_packed_command`` of a
-  redis-py connection (blocking or ``redis.asyncio``) is one round trip: a command, a
-  pipeline or a script call, with a health-check PING or a NOSCRIPT reload counted as
-  the extra trips they are. :func:`counting_sends` wraps that method on redis-py's two
-  connection base classes for the run; a send is counted when :data:`ACTIVE` holds a
+  redis-py connection (blocking or ``redis.asyncio``) or of keystile's lean asyncio
+  connection (``keystile.stores._redis_lean.LeanConnection``, the one an ASGI app's
+  verifies use) is one round trip: a command, a pipeline or a script call, with a
+  health-check PING, a connection's handshake or a NOSCRIPT reload counted as the
+  extra trips they are. :func:`counting_sends` wraps that method on redis-py's two
+  connection base classes and on keystile's for the run; a send is counted when :data:`ACTIVE` holds a
   counter in the sending context, which the harness sets around a case's requests
   (worker threads of ``anyio.to_thread`` inherit it; the store's invalidation listener
   thread does not, so its pub/sub traffic is never counted). The wrap is on the
-  classes, not the store's pools, because keystile makes its ``redis.asyncio`` client
+  classes, not the store's pools, because keystile makes its asyncio connection
   itself, per event loop, on first use.
 - **The server's share**: the Redis server's CPU time (``INFO cpu``, user + system:
   its scripts, commands and socket I/O) read around each counted batch, per request.
@@ -181,13 +183,16 @@ def _counting_async(original: Callable[..., Awaitable[None]]) -> Callable[..., A
 
 @contextmanager
 def counting_sends() -> Iterator[None]:
-    """Count the sends of every redis-py connection while inside (see the module doc)."""
+    """Count the sends of every Redis connection while inside (see the module doc)."""
     import redis.asyncio.connection
     import redis.connection
 
+    from keystile.stores._redis_lean import LeanConnection
+
     classes: list[tuple[type[Any], Callable[[Any], Any]]] = [
         (redis.connection.AbstractConnection, _counting_sync),
-        (redis.asyncio.connection.AbstractConnection, _counting_async)]
+        (redis.asyncio.connection.AbstractConnection, _counting_async),
+        (LeanConnection, _counting_sync)]
     saved = []
     for cls, wrap in classes:
         original = cls.__dict__["send_packed_command"]

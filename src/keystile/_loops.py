@@ -1,8 +1,8 @@
 """Async clients that belong to an event loop: one per loop, closed with it.
 
-Connections of ``redis.asyncio`` and ``httpx.AsyncClient`` belong to the loop that
-opened them. A verifier may serve several loops over its life (a test suite makes
-one per test), so it keeps one client per loop and closes it when that loop ends:
+Connections of the Redis store's lean client and ``httpx.AsyncClient`` belong to the
+loop that opened them. A verifier may serve several loops over its life (a test suite
+makes one per test), so it keeps one client per loop and closes it when that loop ends:
 the loop finalises its async generators before it closes (``asyncio.run``,
 ``asyncio.Runner``, uvicorn, pytest-asyncio), and one such generator per client
 closes it then, so no socket outlives its loop.
@@ -30,6 +30,16 @@ class PerLoop(Generic[C]):
         self._close = close
         self._clients: dict[asyncio.AbstractEventLoop, tuple[C, AsyncIterator[None]]] = {}
         self._lock = threading.Lock()
+
+    def current(self) -> C | None:
+        """This loop's client if it was made already (no await: for hot paths)."""
+        found = self._clients.get(asyncio.get_running_loop())
+        return found[0] if found is not None else None
+
+    def forget(self) -> None:
+        """Drop every client without closing it (a forked child: they are the parent's)."""
+        with self._lock:
+            self._clients = {}
 
     async def get(self) -> C:
         loop = asyncio.get_running_loop()
