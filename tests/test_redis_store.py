@@ -44,11 +44,14 @@ class CountingConnection(redis.Connection):
 
 
 def counted(ks: Keystile) -> None:
+    """From here on, every connection of the store's blocking client counts (a new pool:
+    the old one's connections would be reused as they are)."""
     store = ks.store
     assert isinstance(store, RedisStore)
-    pool = store.client.connection_pool
-    pool.connection_class = CountingConnection
-    pool.disconnect()
+    old = store.client.connection_pool
+    store.client.connection_pool = redis.ConnectionPool(connection_class=CountingConnection,
+                                                        **old.connection_kwargs)
+    old.disconnect(inuse_connections=False)  # the listener's stays in use until it closes
 
 
 def round_trips(fn: Any) -> int:
