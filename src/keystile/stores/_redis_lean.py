@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - exercised only without hiredis
 __all__ = ["AVAILABLE", "LeanClient", "LeanConnection", "Script", "Target", "pack", "target_from_url"]
 
 AVAILABLE = hiredis is not None
+_ReplyError = hiredis.ReplyError if AVAILABLE else None  # what a Reader makes of an error reply
 
 # Error replies that mean "not now" rather than "wrong": the request may succeed later.
 _UNAVAILABLE = (b"LOADING", b"BUSY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN")
@@ -108,7 +109,8 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()  # Redis's name for it
 
     def command(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
-        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+        packed: bytes = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
+        return packed
 
 
 class LeanConnection(asyncio.Protocol):
@@ -155,22 +157,32 @@ class LeanConnection(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(command)
 
-    def request(self, command: bytes, replies: int = 1) -> list[asyncio.Future[Any]]:
-        """Send ``command`` (``replies`` commands packed together): their future replies.
+    def request(self, command: bytes) -> asyncio.Future[Any]:
+        """Send one packed command: its future reply.
 
-        Error replies are results (``hiredis.ReplyError`` instances), for the caller
-        to judge; a lost connection or a timeout fails the futures.
+        An error reply is a result (a ``hiredis.ReplyError``), for the caller to judge;
+        a lost connection or a timeout fails the future.
         """
         if self.lost is not None:
             raise StoreUnavailableError(str(self.lost))
-        deadline = self._loop.time() + self._timeout
-        futures = []
-        for _ in range(replies):
-            future = self._loop.create_future()
-            self._waiting.append((future, deadline))
-            futures.append(future)
+        loop = self._loop
+        future = loop.create_future()
+        self._waiting.append((future, loop.time() + self._timeout))
         if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._check_deadline)
+            self._timer = loop.call_at(self._waiting[0][1], self._check_deadline)
+        self.send_packed_command(command)
+        return future
+
+    def request_many(self, command: bytes, count: int) -> list[asyncio.Future[Any]]:
+        """Send ``count`` commands packed together, in one write: their future replies."""
+        if self.lost is not None:
+            raise StoreUnavailableError(str(self.lost))
+        loop = self._loop
+        deadline = loop.time() + self._timeout
+        futures = [loop.create_future() for _ in range(count)]
+        self._waiting.extend((future, deadline) for future in futures)
+        if self._timer is None:
+            self._timer = loop.call_at(self._waiting[0][1], self._check_deadline)
         self.send_packed_command(command)
         return futures
 
@@ -246,8 +258,8 @@ class LeanClient:
                 handshake = target.handshake()
                 if handshake:
                     packed = b"".join(pack(*command) for command in handshake)
-                    for reply in await asyncio.gather(*connection.request(packed, len(handshake))):
-                        if isinstance(reply, hiredis.ReplyError):
+                    for reply in await asyncio.gather(*connection.request_many(packed, len(handshake))):
+                        if type(reply) is _ReplyError:
                             raise StoreUnavailableError(f"Redis store: connecting: {reply}")
         except (OSError, TimeoutError, StoreUnavailableError) as exc:
             if connection is not None:
@@ -264,7 +276,7 @@ class LeanClient:
         connection = self._connection
         if connection is None or connection.lost is not None:
             connection = await self.connection()
-        return _checked(await connection.request(command)[0])
+        return _checked(await connection.request(command))
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run ``script``; loaded first (in the same write) when the server lacks it."""
@@ -272,11 +284,11 @@ class LeanClient:
         if connection is None or connection.lost is not None:
             connection = await self.connection()
         command = script.command(keys, args)
-        reply = await connection.request(command)[0]
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+        reply = await connection.request(command)
+        if type(reply) is _ReplyError and str(reply).startswith("NOSCRIPT"):
             # Not run at all: load it and run it again, one round trip for both.
             load = pack("SCRIPT", "LOAD", script.source)
-            loaded, reply = await asyncio.gather(*connection.request(load + command, 2))
+            loaded, reply = await asyncio.gather(*connection.request_many(load + command, 2))
             _checked(loaded)
         return _checked(reply)
 
@@ -293,7 +305,7 @@ def pack(*parts: str | int | bytes) -> bytes:
 
 
 def _checked(reply: Any) -> Any:
-    if isinstance(reply, hiredis.ReplyError):
+    if type(reply) is _ReplyError:
         message = str(reply)
         if message.encode().startswith(_UNAVAILABLE):
             raise StoreUnavailableError(f"Redis store: {message}")

@@ -89,157 +89,176 @@ local function num(x)
   return string.format('%d', x)
 end
 
--- Civil dates (proleptic Gregorian, UTC), after Howard Hinnant's algorithms.
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m > 2) and (m - 3) or (m + 9)
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
+-- The refill calendar, made on first use: most keys have no refill, and every function
+-- defined at the top level is a closure made again on every call.
+local calendar = nil
+local function refills()
+  if calendar then return calendar end
 
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = (mp < 10) and (mp + 3) or (mp - 9)
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function days_in_month(y, m)
-  if m == 2 then
-    if y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then return 29 end
-    return 28
+  -- Civil dates (proleptic Gregorian, UTC), after Howard Hinnant's algorithms.
+  local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = math.floor(y / 400)
+    local yoe = y - era * 400
+    local mp = (m > 2) and (m - 3) or (m + 9)
+    local doy = math.floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
   end
-  if m == 4 or m == 6 or m == 9 or m == 11 then return 30 end
-  return 31
-end
 
--- 00:00 UTC on ``day`` of the month, the month's last day when it is shorter.
-local function monthly_moment(y, m, day)
-  local last = days_in_month(y, m)
-  if day > last then day = last end
-  return days_from_civil(y, m, day) * DAY
-end
-
-local function refill_day(refill)
-  local day = refill['refillDay']
-  if not truthy(day) then return 1 end
-  return exact(day, 'refillDay')
-end
-
--- _credits.last_refill_moment: the latest refill moment at or before now.
-local function last_refill_moment(refill, now)
-  local days, into = divmod(now, DAY)
-  if refill['interval'] == 'daily' then return now - into end
-  local day = refill_day(refill)
-  local y, m = civil_from_days(days)
-  local moment = monthly_moment(y, m, day)
-  if moment > now then
-    if m == 1 then y, m = y - 1, 12 else m = m - 1 end
-    moment = monthly_moment(y, m, day)
+  local function civil_from_days(z)
+    z = z + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+      - math.floor(doe / 146096)) / 365)
+    local y = yoe + era * 400
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local d = doy - math.floor((153 * mp + 2) / 5) + 1
+    local m = (mp < 10) and (mp + 3) or (mp - 9)
+    if m <= 2 then y = y + 1 end
+    return y, m, d
   end
-  return moment
-end
 
--- _credits.next_refill_moment: the first refill moment after now.
-local function next_refill_moment(refill, now)
-  local days, into = divmod(now, DAY)
-  if refill['interval'] == 'daily' then return now - into + DAY end
-  local day = refill_day(refill)
-  local y, m = civil_from_days(days)
-  local moment
-  for _ = 1, 2 do
-    moment = monthly_moment(y, m, day)
-    if moment > now then return moment end
-    if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+  local function days_in_month(y, m)
+    if m == 2 then
+      if y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then return 29 end
+      return 28
+    end
+    if m == 4 or m == 6 or m == 9 or m == 11 then return 30 end
+    return 31
   end
-  return moment
-end
 
--- The top-level members of a JSON object text (already valid: cjson decoded it), each
--- as {key, text} where text is the member's exact source, '"key": value'.
-local function skip_string(s, i) -- s[i] is the opening quote; the index after the closing one
-  local j = i + 1
-  while true do
-    local k = string.find(s, '["\\]', j)
-    if string.byte(s, k) == 92 then j = k + 2 else return k + 1 end
+  -- 00:00 UTC on ``day`` of the month, the month's last day when it is shorter.
+  local function monthly_moment(y, m, day)
+    local last = days_in_month(y, m)
+    if day > last then day = last end
+    return days_from_civil(y, m, day) * DAY
   end
+
+  local function refill_day(refill)
+    local day = refill['refillDay']
+    if not truthy(day) then return 1 end
+    return exact(day, 'refillDay')
+  end
+
+  -- _credits.last_refill_moment: the latest refill moment at or before now.
+  local function last_refill_moment(refill, now)
+    local days, into = divmod(now, DAY)
+    if refill['interval'] == 'daily' then return now - into end
+    local day = refill_day(refill)
+    local y, m = civil_from_days(days)
+    local moment = monthly_moment(y, m, day)
+    if moment > now then
+      if m == 1 then y, m = y - 1, 12 else m = m - 1 end
+      moment = monthly_moment(y, m, day)
+    end
+    return moment
+  end
+
+  -- _credits.next_refill_moment: the first refill moment after now.
+  local function next_refill_moment(refill, now)
+    local days, into = divmod(now, DAY)
+    if refill['interval'] == 'daily' then return now - into + DAY end
+    local day = refill_day(refill)
+    local y, m = civil_from_days(days)
+    local moment
+    for _ = 1, 2 do
+      moment = monthly_moment(y, m, day)
+      if moment > now then return moment end
+      if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+    end
+    return moment
+  end
+
+  calendar = {last = last_refill_moment, next = next_refill_moment}
+  return calendar
 end
 
-local function skip_value(s, i)
-  local c = string.byte(s, i)
-  if c == 34 then return skip_string(s, i) end
-  if c == 123 or c == 91 then
-    local depth, j = 0, i
+-- States in another JSON form than the canonical one, made on first use (see above).
+local json_forms = nil
+local function any_json()
+  if json_forms then return json_forms end
+
+  -- The top-level members of a JSON object text (already valid: cjson decoded it), each
+  -- as {key, text} where text is the member's exact source, '"key": value'.
+  local function skip_string(s, i) -- s[i] is the opening quote; the index after the closing one
+    local j = i + 1
     while true do
-      local k = string.find(s, '[%[%]{}"]', j)
-      local b = string.byte(s, k)
-      if b == 34 then
-        j = skip_string(s, k)
-      else
-        if b == 123 or b == 91 then depth = depth + 1 else depth = depth - 1 end
-        j = k + 1
-        if depth == 0 then return j end
+      local k = string.find(s, '["\\]', j)
+      if string.byte(s, k) == 92 then j = k + 2 else return k + 1 end
+    end
+  end
+
+  local function skip_value(s, i)
+    local c = string.byte(s, i)
+    if c == 34 then return skip_string(s, i) end
+    if c == 123 or c == 91 then
+      local depth, j = 0, i
+      while true do
+        local k = string.find(s, '[%[%]{}"]', j)
+        local b = string.byte(s, k)
+        if b == 34 then
+          j = skip_string(s, k)
+        else
+          if b == 123 or b == 91 then depth = depth + 1 else depth = depth - 1 end
+          j = k + 1
+          if depth == 0 then return j end
+        end
       end
     end
+    return string.find(s, '[,}%]%s]', i) or (#s + 1)
   end
-  return string.find(s, '[,}%]%s]', i) or (#s + 1)
-end
 
-local function members(s)
-  local out = {}
-  local i = string.find(s, '%S')
-  if string.byte(s, i) ~= 123 then fail('a credit state is not a JSON object') end
-  i = string.find(s, '%S', i + 1)
-  if string.byte(s, i) == 125 then return out end
-  while true do
-    local key_end = skip_string(s, i)
-    local key = string.sub(s, i, key_end - 1)
-    if string.find(key, '\\', 1, true) then key = cjson.decode(key) else key = string.sub(key, 2, -2) end
-    local v = string.find(s, '%S', string.find(s, ':', key_end, true) + 1)
-    local v_end = skip_value(s, v)
-    out[#out + 1] = {key, string.sub(s, i, v_end - 1)}
-    i = string.find(s, '%S', v_end)
+  local function members(s)
+    local out = {}
+    local i = string.find(s, '%S')
+    if string.byte(s, i) ~= 123 then fail('a credit state is not a JSON object') end
+    i = string.find(s, '%S', i + 1)
     if string.byte(s, i) == 125 then return out end
-    i = string.find(s, '%S', i + 1) -- after the comma
-  end
-end
-
--- ``text`` with the top-level members in ``changes`` ({key, JSON text} pairs) set, like
--- Python's {**state, key: value}: in place, once, appended when absent, others untouched.
-local function splice(text, changes)
-  local new, parts, done = {}, {}, {}
-  for _, change in ipairs(changes) do new[change[1]] = change[2] end
-  for _, member in ipairs(members(text)) do
-    local key = member[1]
-    if new[key] == nil then
-      parts[#parts + 1] = member[2]
-    elseif not done[key] then
-      parts[#parts + 1] = cjson.encode(key) .. ':' .. new[key]
-      done[key] = true
+    while true do
+      local key_end = skip_string(s, i)
+      local key = string.sub(s, i, key_end - 1)
+      if string.find(key, '\\', 1, true) then key = cjson.decode(key) else key = string.sub(key, 2, -2) end
+      local v = string.find(s, '%S', string.find(s, ':', key_end, true) + 1)
+      local v_end = skip_value(s, v)
+      out[#out + 1] = {key, string.sub(s, i, v_end - 1)}
+      i = string.find(s, '%S', v_end)
+      if string.byte(s, i) == 125 then return out end
+      i = string.find(s, '%S', i + 1) -- after the comma
     end
   end
-  for _, change in ipairs(changes) do
-    if not done[change[1]] then parts[#parts + 1] = cjson.encode(change[1]) .. ':' .. change[2] end
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
-end
 
-local function decode(raw)
-  local ok, value = pcall(cjson.decode, raw)
-  if not ok then fail('a state is not JSON: ' .. tostring(value)) end
-  if type(value) ~= 'table' then fail('a state is not a JSON object') end
-  return value
+  -- ``text`` with the top-level members in ``changes`` ({key, JSON text} pairs) set, like
+  -- Python's {**state, key: value}: in place, once, appended when absent, others untouched.
+  local function splice(text, changes)
+    local new, parts, done = {}, {}, {}
+    for _, change in ipairs(changes) do new[change[1]] = change[2] end
+    for _, member in ipairs(members(text)) do
+      local key = member[1]
+      if new[key] == nil then
+        parts[#parts + 1] = member[2]
+      elseif not done[key] then
+        parts[#parts + 1] = cjson.encode(key) .. ':' .. new[key]
+        done[key] = true
+      end
+    end
+    for _, change in ipairs(changes) do
+      if not done[change[1]] then parts[#parts + 1] = cjson.encode(change[1]) .. ':' .. change[2] end
+    end
+    return '{' .. table.concat(parts, ',') .. '}'
+  end
+
+  local function decode(raw)
+    local ok, value = pcall(cjson.decode, raw)
+    if not ok then fail('a state is not JSON: ' .. tostring(value)) end
+    if type(value) ~= 'table' then fail('a state is not a JSON object') end
+    return value
+  end
+
+  json_forms = {decode = decode, splice = splice}
+  return json_forms
 end
 
 -- The canonical forms (see the header): integers only, no escapes, members in order.
@@ -248,12 +267,13 @@ local CREDITS = '^{"remaining": ?(%-?%d+), ?"refill": ?(.-), ?"refilledAt": ?(%-
 local REFILL = '^{"interval": ?"(%a+)", ?"amount": ?(%-?%d+)}$'
 local REFILL_DAY = '^{"interval": ?"(%a+)", ?"amount": ?(%-?%d+), ?"refillDay": ?(%-?%d+)}$'
 
--- A rate-limit state's seq, cur and prev (nil when absent; JSON values when decoded).
+-- A rate-limit state: true, then its seq, cur and prev (JSON values when decoded); nil
+-- when absent.
 local function window_state(raw)
   if not raw then return nil end
   local at, cur, prev = string.match(raw, WINDOW)
   if at then return true, tonumber(at), tonumber(cur), tonumber(prev) end
-  local state = decode(raw)
+  local state = any_json().decode(raw)
   return true, state['seq'], state['cur'], state['prev']
 end
 
@@ -308,7 +328,7 @@ local function credit_state(raw)
       }
     end
   end
-  local stored = decode(raw)
+  local stored = any_json().decode(raw)
   local left = stored['remaining']
   if left == nil or left == null then return nil end
   local refill = stored['refill']
@@ -321,7 +341,7 @@ local function credit_state(raw)
     write = function(new_left, refilled)
       local changes = {{'remaining', num(new_left)}}
       if refilled then changes[2] = {'refilledAt', num(refilled)} end
-      return splice(raw, changes)
+      return any_json().splice(raw, changes)
     end,
   }
 end
@@ -369,7 +389,7 @@ else
   local refill = credits.refill
   local refilled = nil
   if refill then
-    local moment = last_refill_moment(refill, now)
+    local moment = refills().last(refill, now)
     local refilled_at = credits.refilledAt
     if refilled_at == nil then fail('refilledAt is not a number') end
     if not (refilled_at >= moment) then
@@ -381,7 +401,7 @@ else
     code = 1
   elseif remaining < cost then
     code = 2
-    if refill then reply[3] = next_refill_moment(refill, now) end
+    if refill then reply[3] = refills().next(refill, now) end
   elseif cost ~= 0 or refilled ~= nil then
     remaining = exact(remaining - cost, 'remaining')
     writes[#writes + 1] = {KEYS[n + 1], credits.write(remaining, refilled), nil}

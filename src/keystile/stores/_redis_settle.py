@@ -104,17 +104,19 @@ class LuaSettle:
         code = reply[0]
         if code == _LATE:
             raise TooLate("the settle reached Redis after its deadline; nothing was taken")
-        ratelimits = tuple(
-            RatelimitResult(
-                name=config.name, limit=config.limit, duration=config.duration,
-                remaining=reply[at], reset=(now // config.duration + 1) * config.duration,
-                exceeded=reply[at + 1] == 1, id=config.id, auto_apply=config.auto_apply,
-            )
-            for config, at in zip([check.config for check in plan.limits], range(_HEAD, len(reply), 2),
-                                  strict=True)
-        )
-        credits, reset = reply[1], reply[2]
-        return Settlement(_CODES[code], ratelimits, credits, reset)
+        if len(reply) != _HEAD + 2 * len(plan.limits):
+            raise ValueError(f"a settle reply of {len(reply)} items for {len(plan.limits)} limits")
+        ratelimits = []
+        at = _HEAD
+        for check in plan.limits:
+            config = check.config
+            duration = config.duration
+            ratelimits.append(RatelimitResult(
+                name=config.name, limit=config.limit, duration=duration, remaining=reply[at],
+                reset=(now // duration + 1) * duration, exceeded=reply[at + 1] == 1, id=config.id,
+                auto_apply=config.auto_apply))
+            at += 2
+        return Settlement(_CODES[code], tuple(ratelimits), reply[1], reply[2])
 
     @staticmethod
     def source() -> str:
