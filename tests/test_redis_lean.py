@@ -306,7 +306,7 @@ def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
 async def test_if_the_url_has_credentials_and_a_database_then_the_lean_client_uses_them(
     password_redis: RedisServer, clock: Clock, credentials: str,
 ) -> None:
-    url = f"redis://{credentials}@127.0.0.1:{password_redis.port}/3"
+    url = f"redis://{credentials}@127.0.0.1:{password_redis.port}/3?client_name=ks-lean"
     ks = Keystile(url, now=clock)
     api = ks.create_api("shop", prefix="sk_shop")
     key = full_key(ks, api.id, credits=5)
@@ -314,6 +314,8 @@ async def test_if_the_url_has_credentials_and_a_database_then_the_lean_client_us
     assert [(await verifier.verify_async(key)).credits for _ in range(2)] == [4, 3]
     admin = redis.Redis(port=password_redis.port, password="s3cret", db=3)
     assert admin.dbsize() > 0  # everything went to database 3
+    me = admin.client_id()
+    assert {c["name"] for c in admin.client_list() if int(c["id"]) != me} == {"ks-lean"}  # lean's too
     admin.close()
     wrong = Verifier(f"redis://:nope@127.0.0.1:{password_redis.port}/3?timeout=0.3", now=clock)
     with pytest.raises(StoreUnavailableError, match="connecting"):

@@ -37,9 +37,12 @@ class PerLoop(Generic[C]):
         return found[0] if found is not None else None
 
     def forget(self) -> None:
-        """Drop every client without closing it (a forked child: they are the parent's)."""
-        with self._lock:
-            self._clients = {}
+        """Drop every client without closing it (a forked child: they are the parent's).
+
+        No lock taken: in a child the lock may be held by a thread that no longer exists.
+        """
+        self._clients = {}
+        self._lock = threading.Lock()
 
     async def get(self) -> C:
         loop = asyncio.get_running_loop()

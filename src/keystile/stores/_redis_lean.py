@@ -163,8 +163,8 @@ class LeanConnection(asyncio.Protocol):
         An error reply is a result (a ``hiredis.ReplyError``), for the caller to judge;
         a lost connection or a timeout fails the future.
         """
-        if self.lost is not None:
-            raise StoreUnavailableError(str(self.lost))
+        if self.lost is not None or self._transport.is_closing():  # type: ignore[union-attr]
+            raise StoreUnavailableError(str(self.lost or "Redis store: connection closing"))
         loop = self._loop
         future = loop.create_future()
         self._waiting.append((future, loop.time() + self._timeout))
@@ -224,6 +224,7 @@ class LeanClient:
         self.target = target
         self._connection: LeanConnection | None = None
         self._opening: asyncio.Future[LeanConnection] | None = None
+        self._closed = False
 
     async def connection(self) -> LeanConnection:
         connection = self._connection
@@ -239,6 +240,8 @@ class LeanClient:
         self._opening = None
         if not opening.cancelled() and opening.exception() is None:
             self._connection = opening.result()
+            if self._closed:  # closed while it was being opened
+                self.close()
 
     async def _open(self) -> LeanConnection:
         target, loop = self.target, asyncio.get_running_loop()
@@ -293,6 +296,7 @@ class LeanClient:
         return _checked(reply)
 
     def close(self) -> None:
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
