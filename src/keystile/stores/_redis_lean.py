@@ -14,9 +14,12 @@ share the connection, their replies come back in order), replies parsed by
   since the later replies could only be the stuck ones'; the next call reconnects.
 - **Errors**: a refused, reset or closed connection, a TLS or handshake failure and
   a timeout are :class:`StoreUnavailableError` (the middleware's 503, never a hang);
-  an error reply is :class:`StoreError`, but ``LOADING``, ``BUSY`` and ``MASTERDOWN``
-  (the server cannot serve now) are :class:`StoreUnavailableError`. ``NOSCRIPT`` (a
-  restarted or flushed server) loads the script and runs it again, in one write.
+  an error reply is :class:`StoreError`, but ``LOADING``, ``BUSY``, ``READONLY`` and
+  the like (the server cannot serve now) are :class:`StoreUnavailableError`, which the
+  ``open_cached`` fail policy falls back on. ``NOSCRIPT`` (a restarted or flushed
+  server) loads the script and runs it again, in one write. Nothing else is sent
+  twice: a settle whose connection broke after it was written may have been applied,
+  so it is a 503, never a second settle.
 - **The URL**: host, port, ``db``, username and password (``AUTH``), ``client_name``
   and, for ``rediss://``, the ``ssl_*`` options, read by redis-py's own URL parser and
   TLS context, so both clients of a store connect alike. The other options tune
@@ -52,8 +55,9 @@ __all__ = ["AVAILABLE", "LeanClient", "LeanConnection", "Script", "Target", "pac
 AVAILABLE = hiredis is not None
 _ReplyError = hiredis.ReplyError if AVAILABLE else None  # what a Reader makes of an error reply
 
-# Error replies that mean "not now" rather than "wrong": the request may succeed later.
-_UNAVAILABLE = (b"LOADING", b"BUSY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN")
+# Error replies that mean "not now" rather than "wrong": the request may succeed later
+# (a server loading its data, running a long script, or a replica during a failover).
+_UNAVAILABLE = (b"LOADING", b"BUSY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN", b"READONLY")
 
 
 @dataclass(frozen=True)
