@@ -8,21 +8,25 @@ and a reference round trip to compare with.
   (``?prefix=`` of the store URL; in ``--mode http`` a sub-prefix per server process),
   and is deleted when the run ends.
 - **Round trips, counted where they are sent**: one ``send_packed_command`` of a
-  redis-py connection (blocking or ``redis.asyncio``) is one round trip: a command, a
-  pipeline or a script call, with a health-check PING or a NOSCRIPT reload counted as
-  the extra trips they are. :func:`counting_sends` wraps that method on redis-py's two
-  connection base classes for the run; a send is counted when :data:`ACTIVE` holds a
+  redis-py connection (blocking or ``redis.asyncio``) or of keystile's lean asyncio
+  connection (``keystile.stores._redis_lean.LeanConnection``, the one an ASGI app's
+  verifies use) is one round trip: a command, a pipeline or a script call, with a
+  health-check PING, a connection's handshake or a NOSCRIPT reload counted as the
+  extra trips they are. :func:`counting_sends` wraps that method on redis-py's two
+  connection base classes and on keystile's for the run; a send is counted when :data:`ACTIVE` holds a
   counter in the sending context, which the harness sets around a case's requests
   (worker threads of ``anyio.to_thread`` inherit it; the store's invalidation listener
   thread does not, so its pub/sub traffic is never counted). The wrap is on the
-  classes, not the store's pools, because keystile makes its ``redis.asyncio`` client
+  classes, not the store's pools, because keystile makes its asyncio connection
   itself, per event loop, on first use.
 - **The server's share**: the Redis server's CPU time (``INFO cpu``, user + system:
   its scripts, commands and socket I/O) read around each counted batch, per request.
   It is the whole server's, so another client of the same Redis adds to it.
 - **The reference**: ``redis-benchmark -c 1 EVALSHA <sha of "return 1"> 0``, one
-  connection, one round trip at a time, run in the same harness run; and the same
-  call from Python (``redis.asyncio``, one connection), the client keystile uses.
+  connection, one round trip at a time, run in the same harness run; the same call
+  from Python (``redis.asyncio``, one connection); and from keystile's lean asyncio
+  client, the one its ASGI verifies use (the floor of the exact path: a settle is
+  that round trip plus the script's work and keystile's own).
 """
 
 from __future__ import annotations
@@ -181,13 +185,16 @@ def _counting_async(original: Callable[..., Awaitable[None]]) -> Callable[..., A
 
 @contextmanager
 def counting_sends() -> Iterator[None]:
-    """Count the sends of every redis-py connection while inside (see the module doc)."""
+    """Count the sends of every Redis connection while inside (see the module doc)."""
     import redis.asyncio.connection
     import redis.connection
 
+    from keystile.stores._redis_lean import LeanConnection
+
     with wrapping("send_packed_command", [
             (redis.connection.AbstractConnection, _counting_sync),
-            (redis.asyncio.connection.AbstractConnection, _counting_async)]):
+            (redis.asyncio.connection.AbstractConnection, _counting_async),
+            (LeanConnection, _counting_sync)]):
         yield
 
 
@@ -297,6 +304,33 @@ async def _python_async(url: str, sha: str, calls: int, cpu: ServerCpu) -> dict[
             "server_cpu_us_per_call": server_cpu_us / calls}
 
 
+async def _lean_async(url: str, calls: int, cpu: ServerCpu) -> dict[str, Any]:
+    """The same call on keystile's lean asyncio client: what a settle's round trip costs
+    keystile before any script work, the floor of the exact path."""
+    from keystile.stores._redis_lean import AVAILABLE, LeanClient, Script, target_from_url
+
+    if not AVAILABLE:
+        return {"skipped": "keystile's lean client needs hiredis"}
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("prefix", "timeout")]
+    client = LeanClient(target_from_url(urlunsplit(parts._replace(query=urlencode(query))), 2.0))
+    script = Script(TRIVIAL_SCRIPT)
+    try:
+        for _ in range(max(50, calls // 10)):  # connect and warm up
+            await client.evalsha(script, (), ())
+        clock = time.perf_counter_ns
+        cpu_before = cpu()
+        start = clock()
+        for _ in range(calls):
+            await client.evalsha(script, (), ())
+        elapsed = clock() - start
+        server_cpu_us = cpu() - cpu_before
+    finally:
+        client.close()
+    return {"client": "keystile's lean asyncio client (hiredis), one connection", "calls": calls,
+            "us_per_call": elapsed / calls / 1000, "server_cpu_us_per_call": server_cpu_us / calls}
+
+
 def reference(url: str, *, quick: bool) -> dict[str, Any]:
     """One EVALSHA of a trivial script, one connection, one call at a time."""
     client = _client(url)
@@ -304,10 +338,12 @@ def reference(url: str, *, quick: bool) -> dict[str, Any]:
     try:
         sha = client.script_load(TRIVIAL_SCRIPT)
         server = client.info("server").get("redis_version")
+        calls = 500 if quick else 5000
         return {
             "url": public_url(url), "server": server, "script": TRIVIAL_SCRIPT, "sha": sha,
             "redis_benchmark": _redis_benchmark(url, sha, 2000 if quick else 20000, cpu),
-            "python_asyncio": asyncio.run(_python_async(url, sha, 500 if quick else 5000, cpu)),
+            "python_asyncio": asyncio.run(_python_async(url, sha, calls, cpu)),
+            "keystile_lean": asyncio.run(_lean_async(url, calls, cpu)),
         }
     finally:
         client.close()
@@ -320,6 +356,7 @@ def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     shape, no trip)."""
     bench_us = reference["redis_benchmark"].get("us_per_call")
     python_us = reference["python_asyncio"]["us_per_call"]
+    lean_us = reference.get("keystile_lean", {}).get("us_per_call")
     entries = []
     for row in rows:
         if row.get("round_trips_per_req") is None:
@@ -330,6 +367,7 @@ def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             "server_cpu_us_per_req": row["round_trips"].get("server_cpu_us_per_req"),
             "ratio_to_redis_benchmark": row["us_per_req"] / bench_us if bench_us else None,
             "ratio_to_python": row["us_per_req"] / python_us,
+            "ratio_to_lean": row["us_per_req"] / lean_us if lean_us else None,
         })
     reference["cases"] = entries
     by_name = {row["name"]: row for row in rows}

@@ -86,9 +86,15 @@ def format_redis_reference(reference: Row, mode: str) -> str:
     lines.append(f"  one EVALSHA round trip, single connection: {python['us_per_call']:.1f} µs"
                  f" (Python: {python['client']}; server CPU"
                  f" {python['server_cpu_us_per_call']:.1f} µs/call)")
+    lean = reference.get("keystile_lean", {})
+    if "us_per_call" in lean:
+        lines.append(f"  one EVALSHA round trip, single connection: {lean['us_per_call']:.1f} µs"
+                     f" ({lean['client']}; server CPU {lean['server_cpu_us_per_call']:.1f} µs/call)")
     per = "µs/req (1e6 / rps" + (" at the load generator's concurrency)" if mode == "http" else ")")
     for entry in reference.get("cases", []):
         ratios = [f"{entry['ratio_to_python']:.2f}x the Python one"]
+        if entry.get("ratio_to_lean") is not None:
+            ratios.append(f"{entry['ratio_to_lean']:.2f}x the lean client's")
         if entry.get("ratio_to_redis_benchmark") is not None:
             ratios.insert(0, f"{entry['ratio_to_redis_benchmark']:.2f}x the redis-benchmark one")
         server = entry.get("server_cpu_us_per_req")

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,11 +204,17 @@ def free_port() -> int:
 
 class RedisServer:
     """A ``redis-server`` of the test's own on a free port, with an append-only file so
-    that a restart keeps what was written (as users must configure it)."""
+    that a restart keeps what was written (as users must configure it).
 
-    def __init__(self, directory: Path) -> None:
+    ``extra`` are more server options (``--requirepass``, TLS); ``ready`` tells when it
+    answers (default: a plain PING on the port)."""
+
+    def __init__(self, directory: Path, extra: Sequence[str] = (),
+                 ready: Callable[[int], bool] | None = None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.extra = list(extra)
+        self.ready = ready or (lambda port: redis_answers(port=port))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -223,10 +229,11 @@ class RedisServer:
             pytest.skip("redis-server is not installed")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not redis_answers(port=self.port):
+        while not self.ready(self.port):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)

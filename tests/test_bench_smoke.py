@@ -116,6 +116,7 @@ def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_refer
 
     reference = doc["redis_reference"]
     assert reference["python_asyncio"]["us_per_call"] > 0
+    assert reference["keystile_lean"]["us_per_call"] > 0
     if shutil.which("redis-benchmark"):
         assert reference["redis_benchmark"]["us_per_call"] > 0
     else:

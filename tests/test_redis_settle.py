@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import collections
+import itertools
 import json
 import random
 import re
@@ -24,7 +25,7 @@ import redis
 from keystile._credits import last_refill_moment, next_refill_moment
 from keystile._decide import LimitCheck, Plan, Settlement, settle
 from keystile._models import Code, RatelimitConfig
-from keystile.stores._redis_settle import LuaSettle, TooLate, state_redis_key
+from keystile.stores._redis_settle import LuaSettle, TooLate, encode_state, state_redis_key
 
 # every test, even one not talking to Redis, skips (or fails) with the server
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("redis_url")]
@@ -59,13 +60,25 @@ def lua(client: redis.Redis, prefix: str) -> LuaSettle:
     return LuaSettle(client, prefix)
 
 
+# States as the store writes them now (canonical JSON, which the script reads without
+# decoding), and as earlier versions wrote them (json.dumps). Calls of load() take turns.
+FORMS: tuple[Callable[[State], bytes | str], ...] = (encode_state, json.dumps)
+_FORMS = itertools.cycle(FORMS)
+
+
+def as_text(form: Callable[[State], bytes | str], state: State) -> str:
+    written = form(state)
+    return written.decode() if isinstance(written, bytes) else written
+
+
 def load(client: redis.Redis, prefix: str, states: dict[str, State | None]) -> None:
-    """Store ``states`` as the generic store path does (``json.dumps``); None: absent."""
+    """Store ``states`` as the store writes them, now or in an earlier version; None: absent."""
+    form = next(_FORMS)
     pipe = client.pipeline(transaction=False)
     for key, state in states.items():
         pipe.delete(state_redis_key(prefix, key))
         if state is not None:
-            pipe.set(state_redis_key(prefix, key), json.dumps(state))
+            pipe.set(state_redis_key(prefix, key), form(state))
     pipe.execute()
 
 
@@ -355,24 +368,58 @@ def test_numbers_are_written_as_exact_integers(client: redis.Redis, lua: LuaSett
     assert credits["refilledAt"] == now and type(credits["refilledAt"]) is int
 
 
+def test_states_are_written_in_the_canonical_form_whichever_form_they_were_read_in(
+    client: redis.Redis, lua: LuaSettle, prefix: str
+) -> None:
+    window = check("a", 5, 60_000)
+    plan = Plan("credits:key_1", 1, (window,))
+    seq = NOW // 60_000
+    for form in FORMS:
+        for refill in (None, {"interval": "monthly", "amount": 9, "refillDay": 15}):
+            client.set(state_redis_key(prefix, "credits:key_1"), form(credit_state(4, refill, NOW)))
+            client.set(state_redis_key(prefix, window.state_key), form({"seq": seq, "cur": 1, "prev": 2}))
+            assert lua(plan, NOW).code is Code.VALID
+            refill_text = "null" if refill is None else as_text(form, refill)  # kept as it was
+            assert client.get(state_redis_key(prefix, "credits:key_1")) == (
+                f'{{"remaining":3,"refill":{refill_text},"refilledAt":{NOW}}}'.encode())
+            assert client.get(state_redis_key(prefix, window.state_key)) == (
+                f'{{"seq":{seq},"cur":2,"prev":2}}'.encode())
+
+
+def test_a_credit_state_in_another_form_keeps_it(client: redis.Redis, lua: LuaSettle, prefix: str) -> None:
+    plan = Plan("credits:key_1", 1, ())
+    # Members in another order: decoded, and spliced in place.
+    text = '{"refilledAt": 1, "remaining": 4, "refill": null}'
+    client.set(state_redis_key(prefix, "credits:key_1"), text)
+    assert lua(plan, NOW).credits == 3
+    written = client.get(state_redis_key(prefix, "credits:key_1"))
+    assert written == b'{"refilledAt": 1,"remaining":3,"refill": null}'
+
+
 def test_members_it_does_not_change_keep_their_exact_text(
     client: redis.Redis, lua: LuaSettle, prefix: str
 ) -> None:
     plan = Plan("credits:key_1", 1, ())
-    for refill in (None, {"interval": "monthly", "amount": 9}, {"interval": "monthly", "amount": 9,
-                                                               "refillDay": None}):
-        state = {**credit_state(4, refill, NOW - 40 * DAY), **EXTRAS}
-        settlement = assert_parity(client, lua, prefix, plan, {"credits:key_1": state}, NOW)
-        raw = client.get(state_redis_key(prefix, "credits:key_1"))
-        assert isinstance(raw, bytes)
-        text = raw.decode()
-        for member in EXTRAS:
-            assert json.dumps({member: EXTRAS[member]})[1:-1] in text, member  # byte for byte
-        written = json.loads(text)
-        assert "refill" in written and written["refill"] == refill  # null stays null
-        if refill is not None:
-            assert sorted(written["refill"]) == sorted(refill)  # refillDay: null is not dropped
-        assert settlement.credits == (3 if refill is None else 8)  # 8: refilled to 9, then 1 taken
+    key = state_redis_key(prefix, "credits:key_1")
+    for form in FORMS:
+        for refill in (None, {"interval": "monthly", "amount": 9}, {"interval": "monthly", "amount": 9,
+                                                                   "refillDay": None}):
+            state = {**credit_state(4, refill, NOW - 40 * DAY), **EXTRAS}
+            client.set(key, form(state))
+            expected, after, _ = python_settle(plan, {"credits:key_1": state}, NOW)
+            settlement = lua(plan, NOW)
+            assert settlement == expected
+            raw = client.get(key)
+            assert isinstance(raw, bytes)
+            text = raw.decode()
+            assert canon(json.loads(text)) == canon(after["credits:key_1"])
+            for member in EXTRAS:
+                assert as_text(form, {member: EXTRAS[member]})[1:-1] in text, member  # byte for byte
+            written = json.loads(text)
+            assert "refill" in written and written["refill"] == refill  # null stays null
+            if refill is not None:
+                assert sorted(written["refill"]) == sorted(refill)  # refillDay: null is not dropped
+            assert settlement.credits == (3 if refill is None else 8)  # 8: refilled to 9, then 1 taken
 
 
 def test_unlimited_credits_are_never_written(client: redis.Redis, lua: LuaSettle, prefix: str) -> None:

@@ -1,8 +1,8 @@
 """Async clients that belong to an event loop: one per loop, closed with it.
 
-Connections of ``redis.asyncio`` and ``httpx.AsyncClient`` belong to the loop that
-opened them. A verifier may serve several loops over its life (a test suite makes
-one per test), so it keeps one client per loop and closes it when that loop ends:
+Connections of the Redis store's lean client and ``httpx.AsyncClient`` belong to the
+loop that opened them. A verifier may serve several loops over its life (a test suite
+makes one per test), so it keeps one client per loop and closes it when that loop ends:
 the loop finalises its async generators before it closes (``asyncio.run``,
 ``asyncio.Runner``, uvicorn, pytest-asyncio), and one such generator per client
 closes it then, so no socket outlives its loop.
@@ -38,6 +38,19 @@ class PerLoop(Generic[C]):
         # The parent's loops and their clients' sockets are not the child's to use.
         self._lock = threading.Lock()
         self._clients = {}
+
+    def current(self) -> C | None:
+        """This loop's client if it was made already (no await: for hot paths)."""
+        found = self._clients.get(asyncio.get_running_loop())
+        return found[0] if found is not None else None
+
+    def forget(self) -> None:
+        """Drop every client without closing it (a forked child: they are the parent's).
+
+        No lock taken: in a child the lock may be held by a thread that no longer exists.
+        """
+        self._clients = {}
+        self._lock = threading.Lock()
 
     async def get(self) -> C:
         loop = asyncio.get_running_loop()

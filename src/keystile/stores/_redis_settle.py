@@ -7,6 +7,15 @@ path reads with :func:`json.loads`, at :func:`state_redis_key`; a rate-limit sta
 written with a ``PX`` of twice its duration (it is worthless after two windows), a
 credit state without expiry.
 
+The usual states are written in a canonical form (:func:`encode_state`: no spaces,
+members in their order, integers) that the script reads with one ``string.match``
+instead of a cjson decode, and writes back by formatting, not by re-encoding: that
+was most of the script's time. States in any other JSON form (written by an earlier
+version, or with more members) are decoded as before, and a settle writes them back
+in the canonical form when they fit it. Every version of the script reads both. The
+reply is compact too: a code number, the credits, the refill moment, then two numbers
+per limit (its reset is computed here, from ``now``).
+
 Numbers the script computes with (``now``, costs, limits, counters, credits) must be
 integers below 2**53 in magnitude, Lua's exact range; a state breaking that makes the
 call raise :class:`redis.exceptions.ResponseError` and write nothing.
@@ -15,27 +24,43 @@ call raise :class:`redis.exceptions.ResponseError` and write nothing.
 from __future__ import annotations
 
 import functools
+import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .._decide import Plan, Settlement
+from .._decide import Plan, Settlement, State
 from .._models import Code, RatelimitResult
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["LuaSettle", "TooLate", "state_redis_key"]
+__all__ = ["LuaSettle", "TooLate", "decode_state", "encode_state", "state_redis_key"]
 
 
 class TooLate(Exception):
     """The script reached the server after its deadline and took nothing."""
 
-_HEAD = 5  # code, credits set, credits, reset set, reset; then 3 numbers per limit
+
+_CODES = (Code.VALID, Code.RATE_LIMITED, Code.USAGE_EXCEEDED)  # the script's reply codes
+_LATE = -1
+_HEAD = 3  # code, credits (nil: none), credits reset (nil: none); then 2 numbers per limit
 
 
 def state_redis_key(prefix: str, state_key: str) -> str:
     """The Redis key holding the dynamic state ``state_key``."""
     return f"{prefix}s:{state_key}"
+
+
+def encode_state(state: State) -> bytes:
+    """A state as the store writes it: JSON without spaces, members in their order, so
+    the usual states are in the canonical form the script reads without decoding."""
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes | str) -> State:
+    """A stored state (any JSON object: canonical, or as an older version wrote it)."""
+    state: State = json.loads(raw)
+    return state
 
 
 @functools.cache
@@ -59,7 +84,7 @@ class LuaSettle:
         """Settle ``plan`` at ``now``; with ``deadline_us`` (server clock), a call the
         server runs later takes nothing and raises :class:`TooLate`."""
         keys, args = self.arguments(plan, now, deadline_us)
-        return self.settlement(plan, self._script(keys=keys, args=args))
+        return self.settlement(plan, now, self._script(keys=keys, args=args))
 
     def arguments(self, plan: Plan, now: int, deadline_us: int | None) -> tuple[list[str], list[int]]:
         """The script's KEYS and ARGV for ``plan`` (for callers with a client of their own)."""
@@ -74,30 +99,25 @@ class LuaSettle:
         return keys, args
 
     @staticmethod
-    def settlement(plan: Plan, reply: list[Any]) -> Settlement:
+    def settlement(plan: Plan, now: int, reply: list[Any]) -> Settlement:
         """The script's reply as a :class:`Settlement` (raises :class:`TooLate`)."""
-        if reply and reply[0] in (b"LATE", "LATE"):
+        code = reply[0]
+        if code == _LATE:
             raise TooLate("the settle reached Redis after its deadline; nothing was taken")
-        return _settlement(plan, reply)
+        if len(reply) != _HEAD + 2 * len(plan.limits):
+            raise ValueError(f"a settle reply of {len(reply)} items for {len(plan.limits)} limits")
+        ratelimits = []
+        at = _HEAD
+        for check in plan.limits:
+            config = check.config
+            duration = config.duration
+            ratelimits.append(RatelimitResult(
+                name=config.name, limit=config.limit, duration=duration, remaining=reply[at],
+                reset=(now // duration + 1) * duration, exceeded=reply[at + 1] == 1, id=config.id,
+                auto_apply=config.auto_apply))
+            at += 2
+        return Settlement(_CODES[code], tuple(ratelimits), reply[1], reply[2])
 
     @staticmethod
     def source() -> str:
         return _source()
-
-
-def _settlement(plan: Plan, reply: list[Any]) -> Settlement:
-    code = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    ratelimits = tuple(
-        RatelimitResult(
-            name=check.config.name, limit=check.config.limit, duration=check.config.duration,
-            remaining=int(reply[at]), reset=int(reply[at + 1]), exceeded=bool(reply[at + 2]),
-            id=check.config.id, auto_apply=check.config.auto_apply,
-        )
-        for check, at in zip(plan.limits, range(_HEAD, len(reply), 3), strict=True)
-    )
-    return Settlement(
-        code=Code(code),
-        ratelimits=ratelimits,
-        credits=int(reply[2]) if reply[1] else None,
-        credits_reset=int(reply[4]) if reply[3] else None,
-    )

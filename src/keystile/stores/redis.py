@@ -4,9 +4,14 @@ Documents are JSON strings; unique fields have a hash ``value -> id`` per kind a
 field, grouping fields and each kind's ids a sorted set (scanned by id with
 ``ZRANGEBYLEX``). Every document write is one Lua script that checks the unique
 fields and moves the indexes with the document, so it is atomic. Dynamic states
-(credits, rate-limit windows) are JSON strings too; a verify settles them in ONE
-round trip (one ``EVALSHA``, see ``_redis_settle``), and a cache miss reads the key,
-its identity and its roles in one script as well.
+(credits, rate-limit windows) are JSON strings too, written in a canonical form the
+settle script reads without decoding; a verify settles them in ONE round trip (one
+``EVALSHA``, see ``_redis_settle``), and a cache miss reads the key, its identity and
+its roles in one script as well.
+
+Two clients: redis-py's blocking one for everything, and, under asyncio, a lean one
+per event loop for the two hot calls (``_redis_lean``: pipelined, ``hiredis``-parsed,
+one timer per connection), so an ASGI app's verify costs about one bare round trip.
 
 Options in the URL's query: ``prefix`` (default ``ks:``) namespaces every key, so
 several apps or test runs can share a database; ``timeout`` (seconds, default 0.5)
@@ -44,11 +49,12 @@ from .._loops import PerLoop
 from .._models import KeyRecord
 from .._records import key_record_from_docs
 from ._base import KINDS, Doc, NativeAsync, State, Store
-from ._redis_settle import LuaSettle, TooLate, state_redis_key
+from ._redis_lean import AVAILABLE as LEAN_AVAILABLE
+from ._redis_lean import LeanClient, Script, target_from_url
+from ._redis_settle import LuaSettle, TooLate, decode_state, encode_state, state_redis_key
 
 try:
     import redis
-    import redis.asyncio
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, WatchError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -88,11 +94,14 @@ _LISTENING: weakref.WeakSet[RedisStore] = weakref.WeakSet()  # stores with a lis
 
 def _after_fork() -> None:
     """A forked child (gunicorn --preload, multiprocessing) is another instance: a new
-    origin, and listeners of its own (threads do not survive a fork)."""
+    origin, listeners of its own (threads do not survive a fork), and asyncio
+    connections of its own (the inherited ones are the parent's sockets)."""
     _PROCESS["origin"] = uuid.uuid4().hex
     for store in list(_LISTENING):
         if not store._closed.is_set():
             store._start_listener()
+    for native in list(_NATIVE):
+        native._clients.forget()  # the parent's connections, on the parent's loops
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -226,7 +235,8 @@ class RedisStore(Store):
         self._settle = LuaSettle(self.client, self.prefix)
         self._offset_us, self._offset_due = 0, 0.0
         self._client_url = client_url
-        self._native = _AsyncRedis(self)
+        # The lean asyncio client needs hiredis; without it async calls run in a thread.
+        self._native = _AsyncRedis(self) if LEAN_AVAILABLE else None
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -252,7 +262,8 @@ class RedisStore(Store):
     def close(self) -> None:
         self._closed.set()
         self.client.close()
-        self._native.close()
+        if self._native is not None:
+            self._native.close()
 
     # -- invalidation across instances ----------------------------------------------------
 
@@ -402,7 +413,7 @@ class RedisStore(Store):
                     if names:
                         pipe.watch(*names)
                     raws = pipe.mget(names) if names else []
-                    states = {key: json.loads(raw) if raw is not None else None
+                    states = {key: decode_state(raw) if raw is not None else None
                               for key, raw in zip(keys, raws, strict=True)}
                     writes, value = fn(states)
                     pipe.multi()
@@ -410,7 +421,7 @@ class RedisStore(Store):
                         if state is None:
                             pipe.delete(self._state_key(key))
                         else:
-                            pipe.set(self._state_key(key), json.dumps(state))
+                            pipe.set(self._state_key(key), encode_state(state))
                     pipe.execute()
                     return value
                 except WatchError:
@@ -421,7 +432,7 @@ class RedisStore(Store):
             return {}
         with self._errors():
             raws = self.client.mget([self._state_key(key) for key in keys])
-        return {key: json.loads(raw) if raw is not None else None
+        return {key: decode_state(raw) if raw is not None else None
                 for key, raw in zip(keys, raws, strict=True)}
 
     # -- analytics events -----------------------------------------------------------------
@@ -483,17 +494,20 @@ class RedisStore(Store):
         with self._errors():
             before = time.time()
             seconds, micros = self.client.time()
-            after = time.time()
+            self._note_offset(before, seconds, micros, time.time())
+        return self._offset_us
+
+    def _note_offset(self, before: float, seconds: int, micros: int, after: float) -> None:
+        """The offset from a ``TIME`` answered between ``before`` and ``after``."""
         self._offset_us = int(seconds * 1_000_000 + micros - (before + after) / 2 * 1_000_000)
         self._offset_due = time.monotonic() + 60
-        return self._offset_us
 
     def load_record(self, key_hash: str) -> KeyRecord | None:
         with self._errors():
             found = self._load_record(args=[self.prefix, key_hash])
         return _record_from(found)
 
-    def native_async(self) -> NativeAsync:
+    def native_async(self) -> NativeAsync | None:
         return self._native
 
     # -- under asyncio ----------------------------------------------------------------------
@@ -515,45 +529,47 @@ def _record_from(found: Any) -> KeyRecord | None:
 
 
 class _AsyncRedis:
-    """The store's two hot calls on ``redis.asyncio``, so an ASGI app awaits Redis
-    itself instead of a thread: one client per event loop (see ``_loops``)."""
+    """The store's two hot calls under asyncio, on the lean client (``_redis_lean``):
+    one connection per event loop (see ``_loops``), no thread, one round trip each."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._clients: PerLoop[tuple[Any, Any, Any]] = PerLoop(self._make, _close_client)
+        try:
+            self.target = target_from_url(store._client_url, store.timeout)
+        except (OSError, ValueError, TypeError, RedisError) as exc:  # a bad TLS file or option
+            raise ConfigurationError(f"bad Redis URL for asyncio: {exc}") from exc
+        self._clients: PerLoop[LeanClient] = PerLoop(self._make, _close_client)
+        self._load = Script(_LOAD_RECORD)
+        self._settle = Script(LuaSettle.source())
+        _NATIVE.add(self)
 
-    def _make(self) -> tuple[Any, Any, Any]:
-        store = self.store
-        client = redis.asyncio.Redis.from_url(
-            store._client_url, socket_timeout=store.timeout, socket_connect_timeout=store.timeout,
-            health_check_interval=30, retry_on_timeout=False)
-        return client, client.register_script(_LOAD_RECORD), client.register_script(LuaSettle.source())
+    def _make(self) -> LeanClient:
+        return LeanClient(self.target)
 
     async def load_record(self, key_hash: str) -> KeyRecord | None:
-        _, load, _ = await self._clients.get()
-        with self.store._errors():
-            found = await load(args=[self.store.prefix, key_hash])
-        return _record_from(found)
+        client = self._clients.current() or await self._clients.get()
+        return _record_from(await client.evalsha(self._load, (), (self.store.prefix, key_hash)))
 
     async def settle(self, plan: Plan, now: int) -> Settlement:
         store = self.store
-        client, _, script = await self._clients.get()
-        with store._errors():
-            if time.monotonic() >= store._offset_due:
-                before = time.time()
-                seconds, micros = await client.time()
-                after = time.time()
-                store._offset_us = int(seconds * 1_000_000 + micros - (before + after) / 2 * 1_000_000)
-                store._offset_due = time.monotonic() + 60
-            keys, args = store._settle.arguments(plan, now, store._deadline_us(store._offset_us))
-            try:
-                return LuaSettle.settlement(plan, await script(keys=keys, args=args))
-            except TooLate as exc:
-                raise StoreUnavailableError(f"Redis store: {exc}") from exc
+        client = self._clients.current() or await self._clients.get()
+        if time.monotonic() >= store._offset_due:
+            before = time.time()
+            seconds, micros = await client.call(_TIME)
+            store._note_offset(before, int(seconds), int(micros), time.time())
+        keys, args = store._settle.arguments(plan, now, store._deadline_us(store._offset_us))
+        try:
+            return LuaSettle.settlement(plan, now, await client.evalsha(self._settle, keys, args))
+        except TooLate as exc:
+            raise StoreUnavailableError(f"Redis store: {exc}") from exc
 
     def close(self) -> None:
         self._clients.close()
 
 
-async def _close_client(clients: tuple[Any, Any, Any]) -> None:
-    await clients[0].aclose()
+_NATIVE: weakref.WeakSet[_AsyncRedis] = weakref.WeakSet()  # forgotten by a forked child
+_TIME = b"*1\r\n$4\r\nTIME\r\n"
+
+
+async def _close_client(client: LeanClient) -> None:
+    client.close()
