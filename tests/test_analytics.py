@@ -264,13 +264,28 @@ def test_if_events_are_older_than_the_retention_then_the_writer_deletes_them(
     ks.close()
 
 
-def test_if_analytics_is_off_then_nothing_is_queued_or_written(tmp_path: Path) -> None:
+def test_if_analytics_is_off_then_verifications_are_only_counted_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
     verifier = Verifier(f"sqlite:///{tmp_path / 'k.db'}", analytics=False)
     with Keystile(verifier.store) as ks:
         created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
         assert verifier.verify(created.key).valid
-        assert verifier.events is None
+        assert verifier.events is not None and not verifier.events.records
+        verifier.events.flush()
+        assert verifier.metrics.snapshot().verifications["VALID"] == 1
         assert verifier.store.read_events(0, 2**62, EventFilter()) == []
+    verifier.close()
+
+
+def test_if_analytics_and_metrics_are_off_then_nothing_is_queued(tmp_path: Path) -> None:
+    verifier = Verifier(f"sqlite:///{tmp_path / 'k.db'}", analytics=False, metrics=False)
+    with Keystile(verifier.store) as ks:
+        created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
+        assert verifier.verify(created.key).valid
+        assert verifier.events is None
+        assert verifier.metrics.snapshot().total == 0
+    verifier.close()
 
 
 def test_if_options_are_wrong_then_configuration_errors_say_which() -> None:

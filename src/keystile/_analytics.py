@@ -1,11 +1,13 @@
 """Verification analytics: an event per verification, recorded off the request path.
 
-The request path only appends ``(time, result, request)`` to a bounded deque (a few
-hundred nanoseconds; when the deque is full the event is dropped and counted, the
-request never waits). A background thread drains it in batches: it turns entries
-into :class:`Event` rows, hands them to the store (``write_events``: a SQLite table,
-a capped Redis stream, a bounded list in memory), updates ``last_used_at`` of each
-key at most once per ``last_used_interval`` and trims events past the retention.
+The request path only appends ``(time, result, request, missed)`` to a bounded deque
+(a few hundred nanoseconds; when the deque is full the event is dropped and counted,
+the request never waits). A background thread drains it in batches: it counts them
+into the verifier's :class:`~keystile._metrics.Metrics`, turns entries into
+:class:`Event` rows, hands them to the store (``write_events``: a SQLite table, a
+capped Redis stream, a bounded list in memory), updates ``last_used_at`` of each key
+at most once per ``last_used_interval`` and trims events past the retention. Without
+analytics, a counting-only recorder (no store) keeps the metrics.
 
 Queries (:func:`count_buckets`, :func:`top`, :func:`credit_usage`) are pure functions
 over the events a store reads back for a time range and a filter.
@@ -21,10 +23,13 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._errors import ConfigurationError, KeystileError, ValidationError
 from ._models import Code, VerifyRequest, VerifyResult
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__ = [
     "BUCKETS",
@@ -46,6 +51,7 @@ logger = logging.getLogger("keystile")
 BUCKETS: Final[dict[str, int]] = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 CODES: Final = tuple(code.value for code in Code)
 _DAY_MS: Final = 86_400_000
+_WRITE_BATCH: Final = 5_000  # events per store write, at most
 
 
 @dataclass(frozen=True)
@@ -257,14 +263,22 @@ def top(events: Iterable[Event], by: Literal["key", "identity"], limit: int = 10
 # -- recording -----------------------------------------------------------------------------------
 
 
-class Recorder:
-    """The bounded queue of a verifier's events and the thread that writes them."""
+#: ``(time, result, request, missed)``: one verification, and whether it read the
+#: store for the key's record.
+Queued = tuple[int, VerifyResult, VerifyRequest, bool]
 
-    def __init__(self, store: Any, options: Analytics, clock: Callable[[], int]) -> None:
-        self.store, self.options, self.clock = store, options, clock
+
+class Recorder:
+    """The bounded queue of a verifier's events and the thread that writes them
+    (``store=None``: that only counts them into ``metrics``)."""
+
+    def __init__(self, store: Any | None, options: Analytics, clock: Callable[[], int],
+                 metrics: Metrics | None = None) -> None:
+        self.store: Any = store
+        self.options, self.clock, self.metrics = options, clock, metrics
         self.instance = options.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.region = options.region or os.environ.get("KEYSTILE_REGION") or None
-        self.queue: collections.deque[tuple[int, VerifyResult, VerifyRequest]] = collections.deque()
+        self.queue: collections.deque[Queued] = collections.deque()
         self._max = options.queue_size
         self._batch = options.batch_size
         self.dropped = 0  # events not recorded: the queue was full
@@ -276,24 +290,30 @@ class Recorder:
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()  # one drain at a time (the thread, flush, close)
-        self._pending: list[Event] = []  # drained, not yet written (the store failed)
+        self._pending: list[Event] = []  # drained and counted, not yet written
         self._thread: threading.Thread | None = None
         self._start()
         _recorders.add(self)
 
-    def emit(self, now: int, result: VerifyResult, request: VerifyRequest) -> None:
-        """Queue one verification (the request path: no I/O, no lock, never blocks)."""
+    @property
+    def records(self) -> bool:
+        """Whether the events are written to the store (else only counted)."""
+        return self.store is not None
+
+    def emit(self, now: int, result: VerifyResult, request: VerifyRequest, missed: bool = False) -> None:
+        """Queue one verification (the request path: no I/O, no lock, never blocks);
+        ``missed``: it read the store for the key's record."""
         queue = self.queue
         if len(queue) >= self._max:
             self.dropped += 1
             return
-        queue.append((now, result, request))
+        queue.append((now, result, request, missed))
         if len(queue) == self._batch:
             self._wake.set()
 
     def flush(self) -> None:
         """Write every event queued so far, now (the caller waits)."""
-        self._drain(everything=True)
+        self._drain()
 
     def close(self) -> None:
         """Stop the writer after writing what is queued (store errors are logged)."""
@@ -303,7 +323,7 @@ class Recorder:
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
         try:
-            self._drain(everything=True)
+            self._drain()
         except KeystileError as exc:
             logger.warning("keystile: %d analytics events not written at close: %s",
                            len(self._pending) + len(self.queue), exc)
@@ -320,46 +340,45 @@ class Recorder:
 
     def _write_once(self) -> None:
         try:
-            self._drain(everything=False)
+            self._drain()
         except KeystileError as exc:  # the store is down: keep the events, try again
             logger.warning("keystile: analytics events not written yet: %s", exc)
         except Exception:  # never let the writer die silently
             logger.exception("keystile: analytics writer failed")
 
-    def _drain(self, *, everything: bool) -> None:
+    def _drain(self) -> None:
+        """Count every queued verification and write their events, a batch at a time."""
         with self._lock:
             while True:
-                events = self._pending or self._take()
-                if not events:
+                self._collect()
+                if not self._pending:
                     return
-                self._pending = events
+                events = self._pending[:_WRITE_BATCH]
                 try:
                     self.store.write_events(events)
                 except KeystileError:
                     self.write_errors += 1
-                    self._bound_pending()
                     raise
-                self._pending = []
+                del self._pending[:len(events)]
                 self.written += len(events)
                 self._touch(events)
                 self._trim()
-                if not everything and len(self.queue) < self._batch:
-                    return
 
-    def _take(self) -> list[Event]:
+    def _collect(self) -> None:
+        """Count the queued verifications into the metrics and, with a store, add their
+        events to those waiting to be written: counting goes on while the store fails.
+        What waits stays within the queue's size (the oldest go first, counted as dropped)."""
         queue, instance, region = self.queue, self.instance, self.region
-        events = []
-        for _ in range(min(len(queue), 5_000)):
-            now, result, request = queue.popleft()
-            events.append(event_of(now, result, request, instance, region))
-        return events
-
-    def _bound_pending(self) -> None:
-        """While the store fails, what waits in memory stays within the queue's size."""
-        room = self._max - len(self.queue)
-        if len(self._pending) > room:
-            lost = len(self._pending) - max(room, 0)
-            self._pending = self._pending[lost:]
+        for _ in range(len(queue) // _WRITE_BATCH + 1):
+            entries = [queue.popleft() for _ in range(min(len(queue), _WRITE_BATCH))]
+            if self.metrics is not None:
+                self.metrics.tally(entries)
+            if self.store is not None:
+                self._pending.extend(event_of(now, result, request, instance, region)
+                                     for now, result, request, _ in entries)
+        lost = len(self._pending) - self._max
+        if lost > 0:
+            del self._pending[:lost]
             self.dropped += lost
 
     def _touch(self, events: Sequence[Event]) -> None:
@@ -430,13 +449,13 @@ def records_events(store: Any) -> bool:
     return type(store).write_events is not Store.write_events
 
 
-def recorder_for(store: Any, analytics: bool | Analytics | None,
-                 clock: Callable[[], int]) -> Recorder | None:
-    """The recorder ``analytics=`` asks for on ``store`` (``None``: none)."""
-    if analytics is None or analytics is False:
-        return None
-    if analytics is True:
-        analytics = Analytics()
-    if not isinstance(analytics, Analytics):
+def recorder_for(store: Any | None, analytics: bool | Analytics | None, clock: Callable[[], int],
+                 metrics: Metrics | None) -> Recorder | None:
+    """The recorder ``analytics=`` asks for on ``store`` (``None``: a store that records no
+    events); without analytics, one that only counts into ``metrics``, if given."""
+    if analytics is not None and not isinstance(analytics, bool | Analytics):
         raise ConfigurationError(f"analytics must be True, False or an Analytics(...), not {analytics!r}")
-    return Recorder(store, analytics, clock)
+    options = analytics if isinstance(analytics, Analytics) else Analytics()
+    if store is None or not analytics:
+        return None if metrics is None else Recorder(None, options, clock, metrics)
+    return Recorder(store, options, clock, metrics)

@@ -2,9 +2,10 @@
 
 The verification is written once, as steps: :meth:`Verifier.start` either answers
 at once (the common case: a cache hit that needs no store trip) or returns the I/O
-it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two
-three-line drivers run those steps, one blocking and one under asyncio, so sync
-and async callers share every decision and the hot path pays for no machinery.
+it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two short
+drivers (:class:`Driver`) run those steps, one blocking and one under asyncio, with
+the metrics and the fail policy around each store trip, so sync and async callers
+share every decision and the hot path pays for no machinery.
 """
 
 from __future__ import annotations
@@ -19,76 +20,48 @@ from typing import Any, Final, Protocol, cast
 
 import anyio.to_thread
 
-from ._analytics import Analytics, recorder_for, records_events
+from ._analytics import Analytics, Recorder, recorder_for, records_events
 from ._cache import Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
+from ._logs import safe_url
+from ._metrics import UNROUTED, Metrics
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
-__all__ = ["Verifier"]
+__all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
 
 logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
+#: The store trips of a verification, as the metrics and spans name them.
+OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
 
 
-class Verifier:
-    """Verifies keys against a store through a local cache.
+class Driver:
+    """The two drivers of verification steps, shared by :class:`Verifier` and the remote
+    backend: each runs the I/O a step asks for, blocking or awaited, around it the
+    metrics (:meth:`Metrics.trip`) and the fail policy, and records the verification.
 
-    >>> verifier = Verifier("memory://")
-    >>> verifier.verify("sk_live_nope").code
-    <Code.NOT_FOUND: 'NOT_FOUND'>
+    A subclass gives ``start`` (the first step), ``_fall_back`` (what the ``open_cached``
+    fail policy makes of a step the store could not serve), ``events``, ``metrics``
+    and ``now``.
     """
 
-    def __init__(
-        self,
-        store: Store | str | None = None,
-        *,
-        cache_ttl: float = 10.0,
-        negative_ttl: float = 2.0,
-        cache_size: int = 100_000,
-        keyspace_refresh: float = 30.0,
-        analytics: bool | Analytics = True,
-        now: Callable[[], int] = now_ms,
-    ) -> None:
-        self.store = store if isinstance(store, Store) else open_store(store)
-        self.astore = AsyncStore(self.store)
-        self.now = now
-        self.cache = RecordCache(maxsize=cache_size, ttl=cache_ttl, negative_ttl=negative_ttl,
-                                 clock=now)
-        if keyspace_refresh <= 0:
-            raise ConfigurationError("keyspace_refresh must be > 0 seconds")
-        self._refresh_ms = int(keyspace_refresh * 1000)
-        self._by_prefix: dict[str, Keyspace] = {}
-        self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
-        self._keyspaces_generation = 0  # bumped by every keyspace invalidation
-        self.store.listen(self)
-        self.leases = Leases()
-        self._acquiring = threading.Lock()
-        self._release_at_exit = False
-        #: Where each verification's event goes (``analytics=False``, or a store that
-        #: records none: ``None``).
-        self.events = recorder_for(self.store, analytics, now) if records_events(self.store) else None
+    events: Recorder | None
+    metrics: Metrics
+    now: Callable[[], int]
 
-    def __repr__(self) -> str:
-        return f"Verifier({self.store!r})"
+    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
+              now: int | None = None) -> Step:
+        raise NotImplementedError
 
-    def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
-        if key_hash is None:
-            self.cache.clear()
-        else:
-            self.cache.evict(key_hash)
-        if keyspaces:
-            self._keyspaces_generation += 1
-            self._keyspaces_due = 0
-            self.cache.forget_answers()
-
-    # -- the two drivers ------------------------------------------------------------
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+        raise NotImplementedError
 
     def verify(self, key: str, **request: Any) -> VerifyResult:
         """Verify ``key``; keyword arguments are the fields of :class:`VerifyRequest`."""
@@ -116,17 +89,107 @@ class Verifier:
     def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
+        request, missed = step.request, False
+        while not isinstance(step, VerifyResult):
+            pending = step
+            missed = missed or pending.miss
+            try:
+                with self.metrics.trip(pending.operation):
+                    answer = pending.run_sync()
+                step = pending.resume(answer)
+            except StoreUnavailableError as error:
+                step = self._failed(pending, error, stale_ms)
+        self._finished(step, request, missed)
+        return step
+
+    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
-        request = step.request
+        request, missed = step.request, False
         while not isinstance(step, VerifyResult):
+            pending = step
+            missed = missed or pending.miss
             try:
-                step = step.resume(step.run_sync())
+                with self.metrics.trip(pending.operation):
+                    answer = await pending.run_async()
+                step = pending.resume(answer)
             except StoreUnavailableError as error:
-                step = self._fall_back(step, error, stale_ms)
-        if self.events is not None:
-            self.events.emit(self.now(), step, request)
+                step = self._failed(pending, error, stale_ms)
+        self._finished(step, request, missed)
         return step
+
+    def _failed(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+        """The fail policy's answer to a failed step (re-raises when it has none), counted."""
+        answer = self._fall_back(step, error, stale_ms)
+        self.metrics.fell_back(step.operation)
+        return answer
+
+    def _finished(self, result: VerifyResult, request: VerifyRequest, missed: bool) -> None:
+        if self.events is not None:
+            self.events.emit(self.now(), result, request, missed)
+
+
+class Verifier(Driver):
+    """Verifies keys against a store through a local cache.
+
+    >>> verifier = Verifier("memory://")
+    >>> verifier.verify("sk_live_nope").code
+    <Code.NOT_FOUND: 'NOT_FOUND'>
+
+    ``verifier.metrics`` counts what it does (:class:`~keystile.Metrics`); with
+    ``analytics=False`` a counting-only queue keeps verifications counted, at the
+    per-request cost of analytics (a queue append), unless ``metrics=False``.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        cache_ttl: float = 10.0,
+        negative_ttl: float = 2.0,
+        cache_size: int = 100_000,
+        keyspace_refresh: float = 30.0,
+        analytics: bool | Analytics = True,
+        metrics: bool = True,
+        now: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store if isinstance(store, Store) else open_store(store)
+        self.astore = AsyncStore(self.store)
+        self.now = now
+        self.cache = RecordCache(maxsize=cache_size, ttl=cache_ttl, negative_ttl=negative_ttl,
+                                 clock=now)
+        if keyspace_refresh <= 0:
+            raise ConfigurationError("keyspace_refresh must be > 0 seconds")
+        self._refresh_ms = int(keyspace_refresh * 1000)
+        self._by_prefix: dict[str, Keyspace] = {}
+        self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
+        self._keyspaces_generation = 0  # bumped by every keyspace invalidation
+        self.store.listen(self)
+        self.leases = Leases()
+        self._acquiring = threading.Lock()
+        self._release_at_exit = False
+        #: Counters and histograms of this verifier (:meth:`Metrics.snapshot`).
+        self.metrics = Metrics(store=safe_url(self.store.url), operations=OPERATIONS)
+        self.metrics.cache_entries = self.cache.__len__
+        #: Where each verification's event goes: the analytics writer, a counting-only
+        #: recorder (``analytics=False`` or a store that records none), or ``None``
+        #: (neither analytics nor ``metrics``).
+        self.events = recorder_for(self.store if records_events(self.store) else None, analytics, now,
+                                   self.metrics if metrics else None)
+        self.metrics.recorder = self.events
+
+    def __repr__(self) -> str:
+        return f"Verifier({self.store!r})"
+
+    def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
+        if key_hash is None:
+            self.cache.clear()
+        else:
+            self.cache.evict(key_hash)
+        if keyspaces:
+            self._keyspaces_generation += 1
+            self._keyspaces_due = 0
+            self.cache.forget_answers()
 
     # -- the steps -------------------------------------------------------------------
 
@@ -149,7 +212,7 @@ class Verifier:
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
         if type(key) is not str or len(key) > MAX_KEY_LENGTH:
-            return _NOT_FOUND
+            return UNROUTED
         raw = key.encode("utf-8", "surrogatepass")
         answer = self.cache.answers.get(raw)
         if answer is not None and answer[1] is request and now < answer[0]:
@@ -157,12 +220,12 @@ class Verifier:
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
-            return _NOT_FOUND
+            return UNROUTED
         if request.api_id is not None:
             if keyspace.api_id != request.api_id:
-                return _NOT_FOUND
+                return UNROUTED
         elif prefix == ROOT_PREFIX:
-            return _NOT_FOUND  # keystile serve's root keys are never an app's keys
+            return UNROUTED  # keystile serve's root keys are never an app's keys
         digest = _sha256(raw).digest()
         entry = self.cache.fresh(digest, now)
         if entry is None:
@@ -185,22 +248,7 @@ class Verifier:
                 return answer[2]
         return None
 
-    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
-        if isinstance(step, VerifyResult):
-            return step  # answered by start(), which recorded it
-        if isinstance(step, VerifyResult):
-            return step  # answered by start(), which recorded it
-        request = step.request
-        while not isinstance(step, VerifyResult):
-            try:
-                step = step.resume(await step.run_async())
-            except StoreUnavailableError as error:
-                step = self._fall_back(step, error, stale_ms)
-        if self.events is not None:
-            self.events.emit(self.now(), step, request)
-        return step
-
-    def _fall_back(self, step: Step, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
         """What the ``open_cached`` fail policy makes of a step the store could not
         serve (re-raises the store's error when there is nothing cached to go on)."""
         if stale_ms is None:
@@ -300,7 +348,14 @@ class Verifier:
 
 
 class _Pending(Protocol):
-    """A step waiting for I/O: run it (blocking or awaited), then resume with the answer."""
+    """A step waiting for I/O: run it (blocking or awaited), then resume with the answer.
+
+    ``operation`` names the store trip (one of :data:`OPERATIONS`, or the remote's);
+    ``miss``: the trip reads the key's record, so the verification missed the cache.
+    """
+
+    operation: str
+    miss: bool
 
     def run_sync(self) -> Any: ...
 
@@ -319,6 +374,7 @@ class _LoadKeyspaces:
     """Reload the prefix map, then start over."""
 
     __slots__ = ("generation", "ip", "key", "now", "request", "verifier")
+    operation, miss = "load_keyspaces", False
 
     def __init__(self, verifier: Verifier, key: str, request: VerifyRequest, ip: str | None,
                  now: int) -> None:
@@ -340,6 +396,7 @@ class _LoadRecord:
     """Read a missed record through the cache's single flight, then decide."""
 
     __slots__ = ("digest", "ip", "keyspace", "now", "raw", "request", "verifier")
+    operation, miss = "load_record", True
 
     def __init__(self, verifier: Verifier, raw: bytes, digest: bytes, keyspace: Keyspace,
                  request: VerifyRequest, ip: str | None, now: int) -> None:
@@ -369,6 +426,7 @@ class _Acquire:
     """
 
     __slots__ = ("entry", "now", "plan", "request", "size", "verifier")
+    operation, miss = "lease", False
 
     def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int, size: int,
                  request: VerifyRequest) -> None:
@@ -413,6 +471,7 @@ class _Settle:
     """Apply the plan's credits and rate limits in the store, then answer."""
 
     __slots__ = ("entry", "now", "plan", "request", "verifier")
+    operation, miss = "settle", False
 
     def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int,
                  request: VerifyRequest) -> None:
@@ -426,8 +485,6 @@ class _Settle:
 
     def resume(self, settlement: Settlement) -> VerifyResult:
         return build_result(settlement.code, self.entry.record, settlement)
-
-
 
 
 def _release_at_exit(ref: weakref.ref[Verifier]) -> None:
