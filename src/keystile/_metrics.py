@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import StoreError
 from ._models import Code, VerifyResult
+from ._tracing import store_span
 
 if TYPE_CHECKING:
     from ._analytics import Recorder
@@ -214,17 +215,22 @@ class Metrics:
 
 
 class Trip:
-    """One store trip as a context manager: its latency and failure go to the registry."""
+    """One store trip as a context manager: its latency and failure go to the registry,
+    and with OpenTelemetry present it is a span (a client span named
+    ``keystile.<operation>``)."""
 
-    __slots__ = ("_metrics", "_operation", "_started")
+    __slots__ = ("_metrics", "_operation", "_span", "_started")
 
     def __init__(self, metrics: Metrics, operation: str) -> None:
         self._metrics, self._operation = metrics, operation
 
     def __enter__(self) -> None:
+        self._span = store_span(self._operation, self._metrics.store)
         self._started = perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._metrics.observe(self._operation, perf_counter() - self._started,
                               isinstance(error, StoreError))
+        if self._span is not None:
+            self._span.__exit__(kind, error, traceback)
