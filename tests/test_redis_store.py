@@ -47,7 +47,10 @@ def counted(ks: Keystile) -> None:
     assert isinstance(store, RedisStore)
     pool = store.client.connection_pool
     pool.connection_class = CountingConnection
-    pool.disconnect()
+    # New connections count. Only the idle ones are closed and forgotten: closing the
+    # invalidation listener's too made it reconnect, and drop the cache, at any moment.
+    pool.disconnect(inuse_connections=False)
+    pool.reset()
 
 
 def round_trips(fn: Any) -> int:
