@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._errors import ConfigurationError, KeystileError, ValidationError
+from ._logs import failure_fields, safe_url
 from ._models import Code, VerifyRequest, VerifyResult
 
 if TYPE_CHECKING:
@@ -325,8 +326,9 @@ class Recorder:
         try:
             self._drain()
         except KeystileError as exc:
-            logger.warning("keystile: %d analytics events not written at close: %s",
-                           len(self._pending) + len(self.queue), exc)
+            lost = len(self._pending) + len(self.queue)
+            logger.warning("keystile: %d analytics events not written at close: %s", lost, exc,
+                           extra=self._fields(exc, events=lost))
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -342,9 +344,15 @@ class Recorder:
         try:
             self._drain()
         except KeystileError as exc:  # the store is down: keep the events, try again
-            logger.warning("keystile: analytics events not written yet: %s", exc)
-        except Exception:  # never let the writer die silently
-            logger.exception("keystile: analytics writer failed")
+            logger.warning("keystile: analytics events not written yet: %s", exc,
+                           extra=self._fields(exc, events=len(self._pending)))
+        except Exception as exc:  # never let the writer die silently
+            logger.exception("keystile: analytics writer failed", extra=self._fields(exc))
+
+    def _fields(self, error: Exception, **more: Any) -> dict[str, Any]:
+        """The ``extra`` of the writer's log records."""
+        store = safe_url(self.store.url) if self.store is not None else None
+        return failure_fields(store, "write_events", error, **more)
 
     def _drain(self) -> None:
         """Count every queued verification and write their events, a batch at a time."""

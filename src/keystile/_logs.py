@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ._models import VerifyResult
+from ._models import KeyRecord, VerifyResult
 
-__all__ = ["result_fields", "safe_url"]
+__all__ = ["failure_fields", "key_fields", "safe_url"]
 
 # Query options keystile's URLs take; any other value may be a credential (redis-py
 # reads ``?password=`` from the query too) and is masked.
@@ -39,7 +39,16 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def result_fields(result: VerifyResult) -> dict[str, Any]:
-    """The ``extra`` of a record about one verification: its ids and code."""
-    return {"key_id": result.key_id, "keyspace_id": result.keyspace_id, "api_id": result.api_id,
-            "code": result.code.value}
+def failure_fields(store: str | None, operation: str | None, error: BaseException,
+                   **more: Any) -> dict[str, Any]:
+    """The ``extra`` of a record about a failed store trip (or write), and ``more``."""
+    return {"store": store, "operation": operation, "error": type(error).__name__, **more}
+
+
+def key_fields(item: VerifyResult | KeyRecord, **more: Any) -> dict[str, Any]:
+    """The ``extra`` of a record about one key: its ids (and a result's code), and ``more``."""
+    fields = {"key_id": item.key_id, "keyspace_id": item.keyspace_id, "api_id": item.api_id}
+    if isinstance(item, VerifyResult):
+        fields["code"] = item.code.value
+    fields.update(more)
+    return fields

@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
-from ._logs import safe_url
+from ._logs import failure_fields, key_fields, safe_url
 from ._loops import PerLoop
 from ._metrics import UNROUTED, Metrics
 from ._models import Code, Identity, RatelimitResult, VerifyRequest, VerifyResult
@@ -274,7 +274,11 @@ class RemoteVerifier(Driver):
         if stale_ms is not None:
             known = self._stale.get(step.raw)
             if known is not None and known[1] is step.request and self.now() < known[0] + stale_ms:
-                return known[2]
+                result = known[2]
+                logger.warning("keystile: remote unavailable; admitting key %s as it last answered"
+                               " (open_cached): %s", result.key_id, error,
+                               extra=key_fields(result, **failure_fields(self.url, "verify_remote", error)))
+                return result
         raise error
 
     # -- HTTP ---------------------------------------------------------------------------

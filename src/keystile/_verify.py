@@ -27,7 +27,7 @@ from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
-from ._logs import safe_url
+from ._logs import failure_fields, key_fields, safe_url
 from ._metrics import UNROUTED, Metrics
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
@@ -257,25 +257,31 @@ class Verifier(Driver):
         if isinstance(step, _LoadKeyspaces) and self._by_prefix:
             # Go on with the last map; ask the store again in a second.
             self._keyspaces_due = now + min(self._refresh_ms, 1000)
+            logger.warning("keystile: store unavailable; keeping the keyspaces it gave before"
+                           " (open_cached): %s", error,
+                           extra=failure_fields(self.metrics.store, step.operation, error))
             return self._begin(step.key, step.request, step.ip, now)
         if isinstance(step, _LoadRecord):
             entry = self.cache.stale(step.digest, now, stale_ms)
             if entry is not None and entry.record is not None:
-                return self._stale_result(entry.record, step.keyspace, step.request, step.ip, now)
+                return self._stale_result(entry.record, step, error, now)
         if isinstance(step, _Settle) and step.entry.record is not None:
-            logger.warning("keystile: store unavailable; admitting key %s unspent (open_cached)",
-                           step.entry.record.key_id)
-            return build_result(Code.VALID, step.entry.record)
+            record = step.entry.record
+            failed = failure_fields(self.metrics.store, step.operation, error)
+            logger.warning("keystile: store unavailable; admitting key %s unspent (open_cached): %s",
+                           record.key_id, error, extra=key_fields(record, **failed))
+            return build_result(Code.VALID, record)
         raise error
 
-    def _stale_result(self, record: KeyRecord, keyspace: Keyspace, request: VerifyRequest,
-                      ip: str | None, now: int) -> VerifyResult:
-        if record.keyspace_id != keyspace.id:
+    def _stale_result(self, record: KeyRecord, step: _LoadRecord, error: StoreUnavailableError,
+                      now: int) -> VerifyResult:
+        if record.keyspace_id != step.keyspace.id:
             return _NOT_FOUND
-        code = decide_static(record, keyspace, request, now, ip or request.ip)
+        code = decide_static(record, step.keyspace, step.request, now, step.ip or step.request.ip)
         if code is None:
+            failed = failure_fields(self.metrics.store, step.operation, error)
             logger.warning("keystile: store unavailable; admitting key %s from a stale cache entry"
-                           " (open_cached)", record.key_id)
+                           " (open_cached): %s", record.key_id, error, extra=key_fields(record, **failed))
         return build_result(code or Code.VALID, record)
 
     def _decide(
@@ -493,7 +499,8 @@ def _release_at_exit(ref: weakref.ref[Verifier]) -> None:
         try:
             verifier.release_leases()
         except KeystileError as exc:  # the store is gone: the leased units are lost
-            logger.warning("keystile: could not give leases back at exit: %s", exc)
+            logger.warning("keystile: could not give leases back at exit: %s", exc,
+                           extra=failure_fields(verifier.metrics.store, "lease", exc))
 
 
 def _request(fields: Mapping[str, Any]) -> VerifyRequest:

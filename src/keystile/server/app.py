@@ -110,7 +110,9 @@ class _Server:
                 error = api_error_from(exc, kind=operation.kind)
                 if error is None:
                     logger.error("keystile serve: %s failed unexpectedly (%s)", operation.name,
-                                 request_id, exc_info=exc)
+                                 request_id, exc_info=exc,
+                                 extra={"operation": operation.name, "request_id": request_id,
+                                        "error": type(exc).__name__})
                     error = ApiError(500, "unkey/application/unexpected_error",
                                      f"Something unexpected went wrong; quote {request_id}.")
                 return error_response(error, request_id, request.headers.get("accept", ""))
