@@ -43,8 +43,7 @@ from keystile import (
 from keystile._logs import safe_url
 from keystile.cli import main
 from keystile.server import RootKeys, build_app
-from tests.conftest import Clock, RedisServer, free_port
-from tests.test_metrics import InProcessServe
+from tests.conftest import Clock, InProcessServe, RedisServer, free_port
 
 HOUR = 3_600_000
 
@@ -64,10 +63,8 @@ class Secrets:
         self.seen.append((where, text if isinstance(text, str) else repr(text)))
 
     def response(self, where: str, response: Any) -> None:
-        headers = getattr(response, "headers", {})
-        body = response.text if hasattr(response, "text") and isinstance(response.text, str) \
-            else response.get_data(as_text=True)
-        self.saw(where, f"{dict(headers)!r} {body}")
+        """An HTTP answer (httpx's, or werkzeug's test client's): its headers and body."""
+        self.saw(where, f"{dict(response.headers)!r} {response.text}")
 
     def leaks(self) -> list[tuple[str, str]]:
         return [(where, key) for where, text in self.seen for key in self.keys if key in text]

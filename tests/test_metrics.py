@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -36,8 +34,8 @@ from keystile import (
 )
 from keystile._metrics import LATENCY_BUCKETS, Metrics
 from keystile._remote import RemoteVerifier
-from keystile.server import RootKeys, build_app
-from tests.conftest import Clock, RedisServer, free_port
+from keystile.server import RootKeys
+from tests.conftest import Clock, InProcessServe, RedisServer
 
 SECOND = 1_000
 
@@ -183,25 +181,6 @@ def test_if_another_process_holds_the_sqlite_write_lock_then_failed_settles_are_
 
 
 # -- the remote backend ------------------------------------------------------------------------
-
-
-class InProcessServe:
-    """``keystile serve``'s app on uvicorn in a thread of this process, on a free port."""
-
-    def __init__(self, ks: Keystile) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(ks), host="127.0.0.1", port=self.port,
-                                                    log_level="error", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "keystile serve did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture

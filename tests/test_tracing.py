@@ -36,8 +36,7 @@ from keystile import (
 )
 from keystile._remote import RemoteVerifier
 from keystile.server import RootKeys
-from tests.conftest import Clock
-from tests.test_metrics import InProcessServe
+from tests.conftest import Clock, InProcessServe
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 Every record of the ``keystile`` loggers has a message for people and the same facts
 as ``extra`` fields for machines (a JSON formatter prints them as they are):
 ``key_id``, ``keyspace_id``, ``api_id``, ``code``, ``store`` (its URL without password
-or credentials in the query), ``operation``, ``error`` (the exception's type). A
-plaintext key or a root key is never among them, nor in a message.
+or credentials in the query), ``operation``, ``error`` (the exception's type), and
+where they apply ``events`` (analytics), ``channel`` (Redis invalidations),
+``request_id`` (keystile serve). A plaintext key or a root key is never among them,
+nor in a message.
 """
 
 from __future__ import annotations

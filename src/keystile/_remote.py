@@ -194,20 +194,11 @@ class RemoteVerifier(Driver):
 
     # -- the steps (the protocol of Verifier) ------------------------------------------
 
-    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
-              now: int | None = None) -> Step:
+    def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
         if request.api_id is not None:
             raise ConfigurationError(
                 "api_id is not checked by the remote backend: give it a root key limited to "
                 "api.<apiId>.verify_key instead")
-        if now is None:
-            now = self.now()
-        step = self._begin(key, request, now)
-        if self.events is not None and type(step) is VerifyResult:
-            self.events.emit(now, step, request)
-        return step
-
-    def _begin(self, key: str, request: VerifyRequest, now: int) -> Step:
         if type(key) is not str or len(key) > MAX_KEY_LENGTH:
             return UNROUTED
         raw = key.encode("utf-8", "surrogatepass")
@@ -220,16 +211,6 @@ class RemoteVerifier(Driver):
         if missing is not None and now < missing:
             return _NOT_FOUND
         return _Forward(self, raw, request, _body(key, request))
-
-    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
-        answer = self.answers.get(key)
-        if answer is not None and answer[1] is request:
-            now = self.now()
-            if now < answer[0]:
-                if self.events is not None:
-                    self.events.emit(now, answer[2], request)
-                return answer[2]
-        return None
 
     def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
         """Forget cached answers (all of them: they are kept by key, not by hash)."""

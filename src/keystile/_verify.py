@@ -10,6 +10,7 @@ share every decision and the hot path pays for no machinery.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import hashlib
 import logging
@@ -21,7 +22,7 @@ from typing import Any, Final, Protocol, cast
 import anyio.to_thread
 
 from ._analytics import Analytics, Recorder, recorder_for, records_events
-from ._cache import Entry, RecordCache, stored_hash
+from ._cache import Answer, Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._ids import now_ms
@@ -42,26 +43,59 @@ OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
 
 
-class Driver:
-    """The two drivers of verification steps, shared by :class:`Verifier` and the remote
-    backend: each runs the I/O a step asks for, blocking or awaited, around it the
-    metrics (:meth:`Metrics.trip`) and the fail policy, and records the verification.
+class Driver(abc.ABC):
+    """What :class:`Verifier` and the remote backend share: the first step, the
+    remembered answers, and the two drivers of the steps. Each driver runs the I/O a
+    step asks for, blocking or awaited, with the metrics (:meth:`Metrics.trip`) and the
+    fail policy around it, and records the verification.
 
-    A subclass gives ``start`` (the first step), ``_fall_back`` (what the ``open_cached``
-    fail policy makes of a step the store could not serve), ``events``, ``metrics``
-    and ``now``.
+    A subclass gives ``_begin`` (the first step), ``_fall_back`` (what the
+    ``open_cached`` fail policy makes of a step the store could not serve), ``events``,
+    ``metrics``, ``now`` and ``answers`` (raw key bytes -> the answer a request got,
+    while it holds).
     """
 
     events: Recorder | None
     metrics: Metrics
     now: Callable[[], int]
+    answers: dict[bytes, Answer]
+
+    @abc.abstractmethod
+    def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step: ...
+
+    @abc.abstractmethod
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step: ...
 
     def start(self, key: str, request: VerifyRequest, ip: str | None = None,
               now: int | None = None) -> Step:
-        raise NotImplementedError
+        """The first step of a verification: a result, or the I/O to run next.
 
-    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
-        raise NotImplementedError
+        For callers that can avoid a coroutine when no I/O is needed (the common
+        cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
+        verifier.finish_async(step)``. ``ip`` overrides ``request.ip``.
+        """
+        if now is None:
+            now = self.now()
+        step = self._begin(key, request, ip, now)
+        if self.events is not None and type(step) is VerifyResult:
+            self.events.emit(now, step, request)
+        return step
+
+    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
+        """The answer ``request`` got for ``key`` (its raw bytes, as received), if it
+        still holds; else ``None`` and the caller verifies the key.
+
+        For hot paths that hold the raw bytes: a hit needs no decoding, parsing or
+        hashing, since only a key that passed every check gets an answer remembered.
+        """
+        answer = self.answers.get(key)
+        if answer is not None and answer[1] is request:
+            now = self.now()
+            if now < answer[0]:
+                if self.events is not None:
+                    self.events.emit(now, answer[2], request)
+                return answer[2]
+        return None
 
     def verify(self, key: str, **request: Any) -> VerifyResult:
         """Verify ``key``; keyword arguments are the fields of :class:`VerifyRequest`."""
@@ -158,6 +192,7 @@ class Verifier(Driver):
         self.now = now
         self.cache = RecordCache(maxsize=cache_size, ttl=cache_ttl, negative_ttl=negative_ttl,
                                  clock=now)
+        self.answers = self.cache.answers  # the cache's own dict, changed in place only
         if keyspace_refresh <= 0:
             raise ConfigurationError("keyspace_refresh must be > 0 seconds")
         self._refresh_ms = int(keyspace_refresh * 1000)
@@ -193,21 +228,6 @@ class Verifier(Driver):
 
     # -- the steps -------------------------------------------------------------------
 
-    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
-              now: int | None = None) -> Step:
-        """The first step of a verification: a result, or the I/O to run next.
-
-        For callers that can avoid a coroutine when no I/O is needed (the common
-        cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
-        verifier.finish_async(step)``. ``ip`` overrides ``request.ip``.
-        """
-        if now is None:
-            now = self.now()
-        step = self._begin(key, request, ip, now)
-        if self.events is not None and type(step) is VerifyResult:
-            self.events.emit(now, step, request)
-        return step
-
     def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
@@ -231,22 +251,6 @@ class Verifier(Driver):
         if entry is None:
             return _LoadRecord(self, raw, digest, keyspace, request, ip, now)
         return self._decide(raw, digest, entry, keyspace, request, ip, now)
-
-    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
-        """The answer ``request`` got for ``key`` (its raw bytes, as received), if it
-        still holds; else ``None`` and the caller verifies the key.
-
-        For hot paths that hold the raw bytes: a hit needs no decoding, parsing or
-        hashing, since only a key that passed every check gets an answer remembered.
-        """
-        answer = self.cache.answers.get(key)
-        if answer is not None and answer[1] is request:
-            now = self.now()
-            if now < answer[0]:
-                if self.events is not None:
-                    self.events.emit(now, answer[2], request)
-                return answer[2]
-        return None
 
     def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
         """What the ``open_cached`` fail policy makes of a step the store could not
