@@ -157,7 +157,7 @@ def _prometheus_endpoint() -> Callable[[Keystile], Any]:
         from ..prometheus import endpoint
     except ImportError as exc:
         raise ConfigurationError("metrics need the prometheus extra: "
-                                 f"pip install 'keystile[prometheus]' ({exc})") from exc
+                                 "pip install 'keystile[prometheus]'") from exc
     return endpoint
 
 
