@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final, Protocol, cast
 
 import anyio.to_thread
@@ -123,34 +123,53 @@ class Driver(abc.ABC):
     def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
-        request, missed = step.request, False
-        while not isinstance(step, VerifyResult):
-            pending = step
-            missed = missed or pending.miss
-            try:
-                with self.metrics.trip(pending.operation):
+        flow = self._flow(step, stale_ms)
+        pending = next(flow)
+        try:
+            while True:
+                try:
                     answer = pending.run_sync()
-                step = pending.resume(answer)
-            except StoreUnavailableError as error:
-                step = self._failed(pending, error, stale_ms)
-        self._finished(step, request, missed)
-        return step
+                except BaseException as error:  # the flow measures it, falls back or re-raises
+                    pending = flow.throw(error)
+                else:
+                    pending = flow.send(answer)
+        except StopIteration as done:
+            return cast(VerifyResult, done.value)
 
     async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
+        flow = self._flow(step, stale_ms)
+        pending = next(flow)
+        try:
+            while True:
+                try:
+                    answer = await pending.run_async()
+                except BaseException as error:  # the flow measures it, falls back or re-raises
+                    pending = flow.throw(error)
+                else:
+                    pending = flow.send(answer)
+        except StopIteration as done:
+            return cast(VerifyResult, done.value)
+
+    def _flow(self, step: _Pending, stale_ms: int | None) -> Generator[_Pending, Any, VerifyResult]:
+        """A verification from its first pending step, written once for both drivers:
+        it yields each step whose I/O the driver runs and gets the answer (or the
+        error) back; around each trip the metrics, after a failed one the fail policy,
+        at the end the event."""
         request, missed = step.request, False
-        while not isinstance(step, VerifyResult):
-            pending = step
+        result: Step = step
+        while not isinstance(result, VerifyResult):
+            pending = result
             missed = missed or pending.miss
             try:
                 with self.metrics.trip(pending.operation):
-                    answer = await pending.run_async()
-                step = pending.resume(answer)
+                    answer = yield pending
+                result = pending.resume(answer)
             except StoreUnavailableError as error:
-                step = self._failed(pending, error, stale_ms)
-        self._finished(step, request, missed)
-        return step
+                result = self._failed(pending, error, stale_ms)
+        self._finished(result, request, missed)
+        return result
 
     def _failed(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
         """The fail policy's answer to a failed step (re-raises when it has none), counted."""
