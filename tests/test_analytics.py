@@ -244,6 +244,30 @@ def test_if_the_store_fails_then_events_wait_and_are_written_once_it_is_back(
     ks.close()
 
 
+def test_if_the_store_stays_down_then_events_wait_within_the_queue_size_and_are_still_counted(
+    private_redis: Any, clock: Clock,
+) -> None:
+    ks = Keystile(private_redis.url, now=clock, analytics=Analytics(queue_size=100, flush_interval=30))
+    created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
+    for _ in range(20):
+        assert ks.verify(created.key).valid  # cached: no store trip
+    events = ks.verifier.events
+    assert events is not None
+    private_redis.kill()
+    with pytest.raises(Exception, match="Redis"):
+        events.flush()  # the 20 wait
+    for _ in range(250):
+        assert ks.verify(created.key).valid  # 100 queue up, 150 find the queue full
+
+    with pytest.raises(Exception, match="Redis"):
+        events.flush()  # 120 would wait: the 20 oldest go
+
+    assert len(events._pending) == 100 and len(events.queue) == 0
+    assert events.dropped == 150 + 20
+    assert ks.verifier.metrics.snapshot().verifications["VALID"] == 20 + 100  # counted while down
+    ks.close()  # the events cannot be written: logged, not raised
+
+
 def test_if_events_are_older_than_the_retention_then_the_writer_deletes_them(
     store_url: str, clock: Clock,
 ) -> None:

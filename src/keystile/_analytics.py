@@ -282,7 +282,7 @@ class Recorder:
         self.queue: collections.deque[Queued] = collections.deque()
         self._max = options.queue_size
         self._batch = options.batch_size
-        self.dropped = 0  # events not recorded: the queue was full
+        self.dropped = 0  # events not recorded: the queue was full, or the store failed too long
         self.written = 0
         self.write_errors = 0
         self._last_used: dict[str, int] = {}
@@ -313,7 +313,7 @@ class Recorder:
             self._wake.set()
 
     def flush(self) -> None:
-        """Write every event queued so far, now (the caller waits)."""
+        """Count and write every event queued so far, now (the caller waits)."""
         self._drain()
 
     def close(self) -> None:
@@ -375,7 +375,8 @@ class Recorder:
     def _collect(self) -> None:
         """Count the queued verifications into the metrics and, with a store, add their
         events to those waiting to be written: counting goes on while the store fails.
-        What waits stays within the queue's size (the oldest go first, counted as dropped)."""
+        The events waiting stay within the queue's size (the oldest go first, counted as
+        dropped; they were counted in the metrics)."""
         queue, instance, region = self.queue, self.instance, self.region
         for _ in range(len(queue) // _WRITE_BATCH + 1):
             entries = [queue.popleft() for _ in range(min(len(queue), _WRITE_BATCH))]
