@@ -8,7 +8,8 @@
 >>> verifier.metrics.snapshot().verifications["NOT_FOUND"]
 1
 
-Where each number is counted, so that a cache hit pays for none of them:
+Where each number is counted, so that a cache hit pays for none of them beyond the
+event it queues for analytics anyway:
 
 - **Verifications by code, cache hits and misses** are counted by the background
   thread that drains the verification events (the analytics writer, or a counting-only
@@ -17,8 +18,8 @@ Where each number is counted, so that a cache hit pays for none of them:
   verifications that neither read the store for the key's record (``cache_misses``)
   nor were rejected by prefix routing or the key's shape before any lookup
   (``unrouted``). A verification whose store trip failed with nothing to fall back on
-  raised instead of answering: it is in ``store_errors``, not here. Events dropped
-  because the queue was full (``events_dropped``) are not counted.
+  raised instead of answering: it is in ``store_errors``, not here. A verification
+  whose event found the queue full is not counted (it is in ``events_dropped``).
 - **Store latency, store errors, fail-policy activations** are recorded around each
   store trip of a verification (reading the keyspaces or a record, settling credits and
   rate limits, leasing, a remote ``verifyKey``): only requests that do I/O pay, two
