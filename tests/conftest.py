@@ -263,3 +263,29 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         if server.process is not None:
             server.resume()
         server.kill()
+
+
+# -- keystile serve in this process: for the remote backend's tests ---------------------------
+
+
+class InProcessServe:
+    """``keystile serve``'s app on uvicorn in a thread of this process, on a free port."""
+
+    def __init__(self, ks: Keystile) -> None:
+        import uvicorn
+
+        from keystile.server import build_app
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(build_app(ks), host="127.0.0.1", port=self.port,
+                                                    log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "keystile serve did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

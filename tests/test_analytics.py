@@ -247,6 +247,30 @@ def test_if_the_store_fails_then_events_wait_and_are_written_once_it_is_back(
     ks.close()
 
 
+def test_if_the_store_stays_down_then_events_wait_within_the_queue_size_and_are_still_counted(
+    private_redis: Any, clock: Clock,
+) -> None:
+    ks = Keystile(private_redis.url, now=clock, analytics=Analytics(queue_size=100, flush_interval=30))
+    created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
+    for _ in range(20):
+        assert ks.verify(created.key).valid  # cached: no store trip
+    events = ks.verifier.events
+    assert events is not None
+    private_redis.kill()
+    with pytest.raises(Exception, match="Redis"):
+        events.flush()  # the 20 wait
+    for _ in range(250):
+        assert ks.verify(created.key).valid  # 100 queue up, 150 find the queue full
+
+    with pytest.raises(Exception, match="Redis"):
+        events.flush()  # 120 would wait: the 20 oldest go
+
+    assert sum(event.count for event in events._pending) == 100 and events.queued == 0
+    assert events.dropped == 150 + 20
+    assert ks.verifier.metrics.snapshot().verifications["VALID"] == 20 + 100  # counted while down
+    ks.close()  # the events cannot be written: logged, not raised
+
+
 def test_if_events_are_older_than_the_retention_then_the_writer_deletes_them(
     store_url: str, clock: Clock,
 ) -> None:
@@ -267,13 +291,28 @@ def test_if_events_are_older_than_the_retention_then_the_writer_deletes_them(
     ks.close()
 
 
-def test_if_analytics_is_off_then_nothing_is_queued_or_written(tmp_path: Path) -> None:
+def test_if_analytics_is_off_then_verifications_are_only_counted_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
     verifier = Verifier(f"sqlite:///{tmp_path / 'k.db'}", analytics=False)
     with Keystile(verifier.store) as ks:
         created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
         assert verifier.verify(created.key).valid
-        assert verifier.events is None
+        assert verifier.events is not None and not verifier.events.records
+        verifier.events.flush()
+        assert verifier.metrics.snapshot().verifications["VALID"] == 1
         assert verifier.store.read_events(0, 2**62, EventFilter()) == []
+    verifier.close()
+
+
+def test_if_analytics_and_metrics_are_off_then_nothing_is_queued(tmp_path: Path) -> None:
+    verifier = Verifier(f"sqlite:///{tmp_path / 'k.db'}", analytics=False, metrics=False)
+    with Keystile(verifier.store) as ks:
+        created = ks.create_key(ks.create_api("a", prefix="sk_a").id)
+        assert verifier.verify(created.key).valid
+        assert verifier.events is None
+        assert verifier.metrics.snapshot().total == 0
+    verifier.close()
 
 
 def test_if_options_are_wrong_then_configuration_errors_say_which() -> None:

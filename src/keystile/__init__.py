@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._keys import generate_key, hash_key
 from ._manage import UNSET, KeyPage, Keystile
+from ._metrics import HistogramSnapshot, Metrics, MetricsSnapshot
 from ._middleware import KeyAuthMiddleware, KeyUser
 from ._models import (
     Api,
@@ -69,6 +70,7 @@ __all__ = [
     "CreatedKey",
     "Credits",
     "Event",
+    "HistogramSnapshot",
     "Identity",
     "KeyAuthMiddleware",
     "KeyAuthWSGIMiddleware",
@@ -80,6 +82,8 @@ __all__ = [
     "Keystile",
     "KeystileError",
     "MemoryStore",
+    "Metrics",
+    "MetricsSnapshot",
     "NotFoundError",
     "Permission",
     "PermissionQuery",

@@ -23,10 +23,14 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._errors import ConfigurationError, KeystileError, ValidationError
+from ._logs import failure_fields, safe_url
 from ._models import Code, VerifyRequest, VerifyResult
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__ = [
     "BUCKETS",
@@ -49,6 +53,7 @@ BUCKETS: Final[dict[str, int]] = {"minute": 60_000, "hour": 3_600_000, "day": 86
 CODES: Final = tuple(code.value for code in Code)
 _DAY_MS: Final = 86_400_000
 MINUTE_MS: Final = 60_000
+_WRITE_BATCH: Final = 5_000  # events per store write, at most
 
 
 @dataclass(frozen=True)
@@ -146,30 +151,44 @@ def event_of(now: int, result: VerifyResult, request: VerifyRequest, instance: s
 Entry = tuple[int, VerifyRequest, VerifyResult]
 
 
-def aggregate(segments: Iterable[tuple[int, Sequence[Entry]]], instance: str | None,
-              region: str | None) -> tuple[list[Event], dict[str, int]]:
-    """Queued verifications, a list per minute, as per-minute events; and the latest
-    minute each key was verified in.
+def count_entries(segments: Iterable[tuple[int, Sequence[Entry]]]) -> list[tuple[int, Entry, int]]:
+    """``(minute, entry, how many times)`` of queued entries, a list per minute.
 
-    Cache hits queue the same tuple again and again, so entries are first counted by
-    identity in C (``Counter(map(id, ...))``), then by what the event records.
+    Cache hits queue the same tuple again and again, so entries are counted by
+    identity in C (``Counter(map(id, ...))``): a busy key costs a few dict operations
+    per batch, not per request.
     """
-    rows: dict[tuple[Any, ...], Event] = {}
-    latest: dict[str, int] = {}
+    counted = []
     for minute, entries in segments:
         ids = list(map(id, entries))
         by_id = dict(zip(ids, entries, strict=True))
-        for ident, count in collections.Counter(ids).items():
-            _, request, result = by_id[ident]
-            event = event_of(minute, result, request, instance, region, count)
-            row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
-                       event.identity_id, event.tags)
-            known = rows.get(row_key)
-            rows[row_key] = event if known is None else dataclasses.replace(
-                known, count=known.count + event.count, spent=known.spent + event.spent)
-            if event.key_id is not None and minute > latest.get(event.key_id, -1):
-                latest[event.key_id] = minute
+        counted += [(minute, by_id[ident], count)
+                    for ident, count in collections.Counter(ids).items()]
+    return counted
+
+
+def events_of(counted: Iterable[tuple[int, Entry, int]], instance: str | None,
+              region: str | None) -> tuple[list[Event], dict[str, int]]:
+    """Counted entries as per-minute events (one per key, outcome and tags), and the
+    latest minute each key was verified in."""
+    rows: dict[tuple[Any, ...], Event] = {}
+    latest: dict[str, int] = {}
+    for minute, (_, request, result), count in counted:
+        event = event_of(minute, result, request, instance, region, count)
+        row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
+                   event.identity_id, event.tags)
+        known = rows.get(row_key)
+        rows[row_key] = event if known is None else dataclasses.replace(
+            known, count=known.count + event.count, spent=known.spent + event.spent)
+        if event.key_id is not None and minute > latest.get(event.key_id, -1):
+            latest[event.key_id] = minute
     return list(rows.values()), latest
+
+
+def aggregate(segments: Iterable[tuple[int, Sequence[Entry]]], instance: str | None,
+              region: str | None) -> tuple[list[Event], dict[str, int]]:
+    """Queued verifications, a list per minute, as per-minute events."""
+    return events_of(count_entries(segments), instance, region)
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -299,11 +318,20 @@ def top(events: Iterable[Event], by: Literal["key", "identity"], limit: int = 10
 # -- recording -----------------------------------------------------------------------------------
 
 
-class Recorder:
-    """The bounded queue of a verifier's events and the thread that writes them."""
+#: ``entry[0]`` of an entry not taken from the answers (whose first item is a deadline):
+#: a verification that did not read the key's record from the store, or one that did.
+EMITTED: Final = 0
+MISSED: Final = 1
 
-    def __init__(self, store: Any, options: Analytics, clock: Callable[[], int]) -> None:
-        self.store, self.options, self.clock = store, options, clock
+
+class Recorder:
+    """The bounded queue of a verifier's events and the thread that writes them
+    (``store=None``: that only counts them into ``metrics``)."""
+
+    def __init__(self, store: Any | None, options: Analytics, clock: Callable[[], int],
+                 metrics: Metrics | None = None) -> None:
+        self.store: Any = store
+        self.options, self.clock, self.metrics = options, clock, metrics
         self.instance = options.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.region = options.region or os.environ.get("KEYSTILE_REGION") or None
         # One deque per minute, the last the current one: the request path appends to the
@@ -317,8 +345,8 @@ class Recorder:
         self._segments_lock = threading.Lock()
         self._max = options.queue_size
         self._batch = options.batch_size
-        self.dropped = 0  # events not recorded: the queue was full
-        self.written = 0
+        self.dropped = 0  # not recorded: the queue was full, or the store failed too long
+        self.written = 0  # verifications written (an event holds a minute's count)
         self.write_errors = 0
         self._last_used: dict[str, int] = {}
         self._last_used_ms = int(options.last_used_interval * 1000)
@@ -326,15 +354,21 @@ class Recorder:
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()  # one drain at a time (the thread, flush, close)
-        self._pending: list[Event] = []  # drained, not yet written (the store failed)
+        self._pending: list[Event] = []  # counted, not yet written (the store failed)
         self._pending_latest: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._start()
         _recorders.add(self)
 
-    def emit(self, now: int, result: VerifyResult, request: VerifyRequest) -> None:
-        """Queue one verification (the request path: no I/O, no lock, never blocks)."""
-        self.record(now, (0, request, result))
+    @property
+    def records(self) -> bool:
+        """Whether the events are written to the store (else only counted)."""
+        return self.store is not None
+
+    def emit(self, now: int, result: VerifyResult, request: VerifyRequest, missed: bool = False) -> None:
+        """Queue one verification (the request path: no I/O, no lock, never blocks);
+        ``missed``: it read the store for the key's record."""
+        self.record(now, (MISSED if missed else EMITTED, request, result))
 
     def record(self, now: int, entry: Entry) -> None:
         """Queue one verification given as ``(deadline, request, result)``: a cache hit
@@ -365,8 +399,8 @@ class Recorder:
             self._segments.append((self._minute, self._current))
 
     def flush(self) -> None:
-        """Write every event queued so far, now (the caller waits)."""
-        self._drain(everything=True)
+        """Count and write every verification queued so far, now (the caller waits)."""
+        self._drain()
 
     def close(self) -> None:
         """Stop the writer after writing what is queued (store errors are logged)."""
@@ -376,10 +410,11 @@ class Recorder:
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
         try:
-            self._drain(everything=True)
+            self._drain()
         except KeystileError as exc:
-            logger.warning("keystile: %d analytics events not written at close: %s",
-                           sum(e.count for e in self._pending) + self.queued, exc)
+            lost = sum(e.count for e in self._pending) + self.queued
+            logger.warning("keystile: %d analytics events not written at close: %s", lost, exc,
+                           extra=self._fields(exc, events=lost))
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -393,34 +428,60 @@ class Recorder:
 
     def _write_once(self) -> None:
         try:
-            self._drain(everything=False)
+            self._drain()
         except KeystileError as exc:  # the store is down: keep the events, try again
-            logger.warning("keystile: analytics events not written yet: %s", exc)
-        except Exception:  # never let the writer die silently
-            logger.exception("keystile: analytics writer failed")
+            logger.warning("keystile: analytics events not written yet: %s", exc,
+                           extra=self._fields(exc, events=sum(e.count for e in self._pending)))
+        except Exception as exc:  # never let the writer die silently
+            logger.exception("keystile: analytics writer failed", extra=self._fields(exc))
 
-    def _drain(self, *, everything: bool) -> None:
-        # While the store fails, the one batch taken waits here and is tried again first;
-        # the queue keeps its bound meanwhile (new verifications beyond it are dropped).
-        # ``everything``: a second pass too, for entries appended while the first copied.
+    def _fields(self, error: Exception, **more: Any) -> dict[str, Any]:
+        """The ``extra`` of the writer's log records."""
+        store = safe_url(self.store.url) if self.store is not None else None
+        return failure_fields(store, "write_events", error, **more)
+
+    def _drain(self) -> None:
+        """Count every queued verification, then write their events, a batch at a time.
+        Counting goes on while the store fails; the events then wait here (within the
+        queue's size: beyond it the oldest are dropped, and counted as dropped)."""
         with self._lock:
-            for _ in range(2 if everything else 1):
-                if not self._pending:
-                    self._pending, self._pending_latest = self._take()
-                if not self._pending:
-                    continue
+            for _ in range(2):  # the second pass: what was appended while the first copied
+                self._collect()
+            while self._pending:
+                events = self._pending[:_WRITE_BATCH]
                 try:
-                    self.store.write_events(self._pending)
+                    self.store.write_events(events)
                 except KeystileError:
                     self.write_errors += 1
                     raise
-                self.written += sum(event.count for event in self._pending)
-                self._pending, latest = [], self._pending_latest
+                del self._pending[:len(events)]
+                self.written += sum(event.count for event in events)
+            if self.store is not None:
+                latest, self._pending_latest = self._pending_latest, {}
                 self._touch(latest)
                 self._trim()
 
-    def _take(self) -> tuple[list[Event], dict[str, int]]:
-        """Everything queued so far, aggregated; the current minute goes on in a new deque."""
+    def _collect(self) -> None:
+        counted = count_entries(self._take())
+        if not counted:
+            return
+        if self.metrics is not None:
+            self.metrics.tally(counted)
+        if self.store is None:
+            return
+        events, latest = events_of(counted, self.instance, self.region)
+        self._pending.extend(events)
+        for key_id, minute in latest.items():
+            if minute > self._pending_latest.get(key_id, -1):
+                self._pending_latest[key_id] = minute
+        waiting = sum(event.count for event in self._pending)
+        while waiting > self._max and self._pending:
+            lost = self._pending.pop(0)
+            waiting -= lost.count
+            self.dropped += lost.count
+
+    def _take(self) -> list[tuple[int, Sequence[Entry]]]:
+        """Everything queued so far, by minute; the current minute goes on in a new deque."""
         with self._segments_lock:
             segments, self._backlog = self._segments, 0
             self._current = collections.deque()
@@ -435,7 +496,7 @@ class Recorder:
             self._retired.append((minute, entries, len(copied)))
             if copied:
                 taken.append((minute, copied))
-        return aggregate(taken, self.instance, self.region)
+        return taken
 
     def _touch(self, latest: Mapping[str, int]) -> None:
         """``last_used_at`` of each key (a small state beside its credits), at most once
@@ -469,7 +530,7 @@ class Recorder:
         self._current = collections.deque()
         self._minute, self._minute_end, self._backlog = 0, -1, 0
         self._segments, self._retired = [], []
-        self._pending = []
+        self._pending, self._pending_latest = [], {}
         if not self._stop:
             self._start()
 
@@ -504,13 +565,13 @@ def records_events(store: Any) -> bool:
     return type(store).write_events is not Store.write_events
 
 
-def recorder_for(store: Any, analytics: bool | Analytics | None,
-                 clock: Callable[[], int]) -> Recorder | None:
-    """The recorder ``analytics=`` asks for on ``store`` (``None``: none)."""
-    if analytics is None or analytics is False:
-        return None
-    if analytics is True:
-        analytics = Analytics()
-    if not isinstance(analytics, Analytics):
+def recorder_for(store: Any | None, analytics: bool | Analytics | None, clock: Callable[[], int],
+                 metrics: Metrics | None) -> Recorder | None:
+    """The recorder ``analytics=`` asks for on ``store`` (``None``: a store that records no
+    events); without analytics, one that only counts into ``metrics``, if given."""
+    if analytics is not None and not isinstance(analytics, bool | Analytics):
         raise ConfigurationError(f"analytics must be True, False or an Analytics(...), not {analytics!r}")
-    return Recorder(store, analytics, clock)
+    options = analytics if isinstance(analytics, Analytics) else Analytics()
+    if store is None or not analytics:
+        return None if metrics is None else Recorder(None, options, clock, metrics)
+    return Recorder(store, options, clock, metrics)

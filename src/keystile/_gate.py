@@ -26,6 +26,7 @@ from ._extract import (
     header_map,
     query_key,
 )
+from ._logs import failure_fields, key_fields
 from ._manage import Keystile
 from ._models import VerifyRequest, VerifyResult
 from ._problem import Problem
@@ -169,16 +170,17 @@ class Gate:
 
     def rejection(self, result: VerifyResult) -> Problem:
         """The answer to a verification that is not valid."""
-        logger.debug("keystile: rejected key_id=%s code=%s", result.key_id, result.code.value)
+        logger.debug("keystile: rejected key %s: %s", result.key_id or "(unknown)", result.code.value,
+                     extra=key_fields(result))
         return _problem.problem_for_result(result, self.verifier.now())
 
-    @staticmethod
-    def failure(exc: KeystileError) -> Problem:
+    def failure(self, exc: KeystileError) -> Problem:
         """The answer when verifying raised; anything but these is a bug and propagates."""
         if isinstance(exc, UnknownRatelimitError):
             return _problem.misconfigured_ratelimit(exc.name)
         if isinstance(exc, StoreError):
-            logger.warning("keystile: store unavailable, answering 503: %s", exc)
+            logger.warning("keystile: store unavailable, answering 503: %s", exc,
+                           extra=failure_fields(self.verifier.metrics.store, None, exc))
             return _problem.store_unavailable()
         raise exc
 

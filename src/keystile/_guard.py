@@ -70,7 +70,8 @@ class RouteGuard:
         try:
             gate = self._gate or self.gate(scope)
         except KeystileError as exc:  # the store named at import cannot be opened now
-            logger.warning("keystile: cannot open the route's store, answering 503: %s", exc)
+            logger.warning("keystile: cannot open the route's store, answering 503: %s", exc,
+                           extra={"error": type(exc).__name__})
             return _problem.store_unavailable()
         if isinstance(prior, VerifyResult):
             problem = self._beyond(prior, gate)

@@ -23,6 +23,7 @@ The root key comes from ``root_key=`` or ``KEYSTILE_ROOT_KEY``; it needs
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -32,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
-from ._analytics import Analytics, Recorder
+from ._analytics import Analytics, recorder_for
 from ._errors import (
     ConfigurationError,
     PermissionQueryError,
@@ -42,12 +43,16 @@ from ._errors import (
 from ._forks import on_fork
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, split_key
+from ._logs import failure_fields, key_fields, safe_url
 from ._loops import PerLoop
+from ._metrics import UNROUTED, Metrics
 from ._models import Code, Identity, RatelimitResult, VerifyRequest, VerifyResult
 from ._records import ratelimits_from_docs
-from ._verify import Step
+from ._verify import Driver, Step, _Pending
 
 __all__ = ["RemoteVerifier", "is_remote_url"]
+
+logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
 _CODES = {code.value: code for code in Code}
@@ -88,45 +93,58 @@ class _Breaker:
         with self._lock:
             self._trial = False
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """Count a success; ``True`` when it closed the breaker (it was open)."""
         with self._lock:
+            closed = self._count >= self.failures
             self._count, self._trial = 0, False
+            return closed
 
-    def failed(self) -> None:
+    def failed(self) -> bool:
+        """Count a failure; ``True`` when it opened the breaker (the ``failures``-th in a
+        row, or the half-open trial's), not for stragglers while it is open already."""
         with self._lock:
             self._count += 1
+            opened = self._count == self.failures or self._trial
             self._trial = False
             if self._count >= self.failures:
                 self._open_until = time.monotonic() + self.cooldown
+            return opened
 
 
 class _Forward:
     """The one I/O step of a remote verify: ``POST /v2/keys.verifyKey``."""
 
     __slots__ = ("body", "raw", "request", "verifier")
+    operation, miss = "verify_remote", True
 
     def __init__(self, verifier: RemoteVerifier, raw: bytes, request: VerifyRequest,
                  body: dict[str, Any]) -> None:
         self.verifier, self.raw, self.request, self.body = verifier, raw, request, body
 
-    def run_sync(self) -> Any:
-        return self.verifier._post_sync(self.body)
+    def run_sync(self) -> VerifyResult:
+        return result_from_unkey(self.verifier._post_sync(self.body))
 
-    async def run_async(self) -> Any:
-        return await self.verifier._post_async(self.body)
+    async def run_async(self) -> VerifyResult:
+        return result_from_unkey(await self.verifier._post_async(self.body))
 
-    def resume(self, data: Mapping[str, Any]) -> VerifyResult:
-        return self.verifier._answered(self.raw, self.request, result_from_unkey(data))
+    def resume(self, result: VerifyResult) -> VerifyResult:
+        return self.verifier._answered(self.raw, self.request, result)
 
 
-class RemoteVerifier:
-    """A verifier whose decisions are made by an Unkey-compatible endpoint."""
+class RemoteVerifier(Driver):
+    """A verifier whose decisions are made by an Unkey-compatible endpoint.
+
+    ``metrics`` counts its verifications (a counting-only queue: the remote server
+    records the analytics), its forwards' latency and failures, the fail policy's
+    answers and the circuit breaker's openings; ``metrics=False`` counts no verification.
+    """
 
     def __init__(
         self, url: str, *, root_key: str | None = None, prefixes: tuple[str, ...] | list[str] = (),
         cache_ttl: float = 10.0, negative_ttl: float = 2.0, cache_size: int = 100_000,
         timeout: float | None = None, retries: int = 2, failures: int = 3, cooldown: float = 5.0,
-        analytics: bool | Analytics = False, now: Callable[[], int] = now_ms,
+        analytics: bool | Analytics = False, metrics: bool = True, now: Callable[[], int] = now_ms,
     ) -> None:
         if isinstance(analytics, Analytics):
             raise ConfigurationError("the remote backend records no analytics: the server it asks "
@@ -137,7 +155,7 @@ class RemoteVerifier:
         query = dict(parse_qsl(parts.query))
         self.base = urlunsplit((parts.scheme.removeprefix("unkey+"), parts.netloc,
                                 parts.path.rstrip("/"), "", ""))
-        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self.url = safe_url(urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")))
         chosen = list(prefixes) or [p for p in query.get("prefixes", "").split(",") if p]
         if not chosen:
             raise ConfigurationError(
@@ -162,8 +180,12 @@ class RemoteVerifier:
         self.answers: dict[bytes, tuple[int, VerifyRequest, VerifyResult]] = {}
         self._missing: dict[bytes, int] = {}  # raw key bytes -> deadline of its NOT_FOUND
         self._stale: dict[bytes, tuple[int, VerifyRequest, VerifyResult]] = {}
-        #: No analytics here: the remote server records every verification it answers.
-        self.events: Recorder | None = None
+        self.metrics = Metrics(store=self.url, operations=("verify_remote",))
+        self.metrics.cache_entries = lambda: len(self.answers) + len(self._missing)
+        #: No analytics here (the remote server records every verification it answers):
+        #: a counting-only recorder for the metrics, or ``None`` with ``metrics=False``.
+        self.events = recorder_for(None, analytics, now, self.metrics if metrics else None)
+        self.metrics.recorder = self.events
         self._sync: httpx.Client | None = None
         self._sync_lock = threading.Lock()
         self._async: PerLoop[httpx.AsyncClient] = PerLoop(self._make_async, _aclose)
@@ -183,64 +205,23 @@ class RemoteVerifier:
 
     # -- the steps (the protocol of Verifier) ------------------------------------------
 
-    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
-              now: int | None = None) -> Step:
+    def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
         if request.api_id is not None:
             raise ConfigurationError(
                 "api_id is not checked by the remote backend: give it a root key limited to "
                 "api.<apiId>.verify_key instead")
-        if now is None:
-            now = self.now()
         if type(key) is not str or len(key) > MAX_KEY_LENGTH:
-            return _NOT_FOUND
+            return UNROUTED
         raw = key.encode("utf-8", "surrogatepass")
         answer = self.answers.get(raw)
         if answer is not None and answer[1] is request and now < answer[0]:
             return answer[2]
         if split_key(key) not in self.prefixes:
-            return _NOT_FOUND  # never leaves the process
+            return UNROUTED  # never leaves the process
         missing = self._missing.get(raw)
         if missing is not None and now < missing:
             return _NOT_FOUND
         return _Forward(self, raw, request, _body(key, request))
-
-    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
-        answer = self.answers.get(key)
-        if answer is not None and answer[1] is request and self.now() < answer[0]:
-            return answer[2]
-        return None
-
-    def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
-        if not isinstance(step, _Forward):
-            assert isinstance(step, VerifyResult)  # start() makes no other step
-            return step
-        try:
-            return step.resume(step.run_sync())
-        except StoreUnavailableError as error:
-            return self._fall_back(step, error, stale_ms)
-
-    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
-        if not isinstance(step, _Forward):
-            assert isinstance(step, VerifyResult)  # start() makes no other step
-            return step
-        try:
-            return step.resume(await step.run_async())
-        except StoreUnavailableError as error:
-            return self._fall_back(step, error, stale_ms)
-
-    def verify_request(self, key: str, request: VerifyRequest, ip: str | None = None, *,
-                       stale_ms: int | None = None) -> VerifyResult:
-        return self.finish_sync(self.start(key, request, ip), stale_ms)
-
-    async def verify_request_async(self, key: str, request: VerifyRequest, ip: str | None = None, *,
-                                   stale_ms: int | None = None) -> VerifyResult:
-        return await self.finish_async(self.start(key, request, ip), stale_ms)
-
-    def verify(self, key: str, **request: Any) -> VerifyResult:
-        return self.verify_request(key, VerifyRequest(**request))
-
-    async def verify_async(self, key: str, **request: Any) -> VerifyResult:
-        return await self.verify_request_async(key, VerifyRequest(**request))
 
     def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
         """Forget cached answers (all of them: they are kept by key, not by hash)."""
@@ -248,6 +229,8 @@ class RemoteVerifier:
         self._missing.clear()
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
         with self._sync_lock:
             client, self._sync = self._sync, None
         if client is not None:
@@ -278,11 +261,16 @@ class RemoteVerifier:
             table.clear()
         return table
 
-    def _fall_back(self, step: _Forward, error: StoreUnavailableError, stale_ms: int | None) -> VerifyResult:
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> VerifyResult:
+        assert isinstance(step, _Forward)  # start() makes no other step
         if stale_ms is not None:
             known = self._stale.get(step.raw)
             if known is not None and known[1] is step.request and self.now() < known[0] + stale_ms:
-                return known[2]
+                result = known[2]
+                logger.warning("keystile: remote unavailable; admitting key %s as it last answered"
+                               " (open_cached): %s", result.key_id, error,
+                               extra=key_fields(result, **failure_fields(self.url, "verify_remote", error)))
+                return result
         raise error
 
     # -- HTTP ---------------------------------------------------------------------------
@@ -316,7 +304,7 @@ class RemoteVerifier:
                 time.sleep(0.05 * 2**attempt)
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from exc
-        return self._data(response)
+        return self._data(response, body["key"])
 
     async def _post_async(self, body: dict[str, Any]) -> Mapping[str, Any]:
         trial = self._admit()
@@ -339,7 +327,15 @@ class RemoteVerifier:
                 await asyncio.sleep(0.05 * 2**attempt)
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from exc
-        return self._data(response)
+        return self._data(response, body["key"])
+
+    def _detail(self, response: httpx.Response, key: str) -> str:
+        """The remote's reason, without the key or the root key should it quote them: it
+        goes into exceptions and from there into logs."""
+        detail = _detail(response)
+        for secret in (key, self._headers["authorization"].removeprefix("Bearer ")):
+            detail = detail.replace(secret, "***")
+        return detail
 
     def _admit(self) -> bool:
         trial = self.breaker.allow()
@@ -348,20 +344,29 @@ class RemoteVerifier:
         return trial
 
     def _unreachable(self, exc: Exception) -> StoreUnavailableError:
-        self.breaker.failed()
+        self._failed_once()
         return StoreUnavailableError(f"remote {self.url}: {type(exc).__name__}: {exc}")
 
-    def _data(self, response: httpx.Response) -> Mapping[str, Any]:
+    def _failed_once(self) -> None:
+        if self.breaker.failed():
+            self.metrics.breaker_opened()
+            logger.warning("keystile: remote %s failed %d times in a row; failing fast for %g s",
+                           self.url, self.breaker.failures, self.breaker.cooldown,
+                           extra={"store": self.url, "operation": "verify_remote"})
+
+    def _data(self, response: httpx.Response, key: str) -> Mapping[str, Any]:
         status = response.status_code
         if status >= 500 or status in (401, 403, 429):
-            self.breaker.failed()
+            self._failed_once()
             # 401/403: the root key is wrong for the remote; the app cannot verify.
-            raise StoreUnavailableError(f"remote {self.url} answered {status}: {_detail(response)}")
-        self.breaker.succeeded()
+            raise StoreUnavailableError(f"remote {self.url} answered {status}: {self._detail(response, key)}")
+        if self.breaker.succeeded():
+            logger.info("keystile: remote %s answers again", self.url,
+                           extra={"store": self.url, "operation": "verify_remote"})
         if status == 412:
-            raise UnknownRatelimitError(_detail(response))
+            raise UnknownRatelimitError(self._detail(response, key))
         if status == 400:
-            detail = _detail(response)
+            detail = self._detail(response, key)
             raise PermissionQueryError(detail, query="", position=0) if "permission" in detail.lower() \
                 else StoreUnavailableError(f"remote {self.url} refused the request: {detail}")
         try:

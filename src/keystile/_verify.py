@@ -2,98 +2,101 @@
 
 The verification is written once, as steps: :meth:`Verifier.start` either answers
 at once (the common case: a cache hit that needs no store trip) or returns the I/O
-it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two
-three-line drivers run those steps, one blocking and one under asyncio, so sync
-and async callers share every decision and the hot path pays for no machinery.
+it needs next, an object with ``run_sync``/``run_async`` and ``resume``. Two short
+drivers (:class:`Driver`) run those steps, one blocking and one under asyncio, with
+the metrics and the fail policy around each store trip, so sync and async callers
+share every decision and the hot path pays for no machinery.
 """
 
 from __future__ import annotations
 
+import abc
 import atexit
 import hashlib
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final, Protocol, cast
 
 import anyio.to_thread
 
-from ._analytics import Analytics, recorder_for, records_events
-from ._cache import Entry, RecordCache, stored_hash
+from ._analytics import Analytics, Recorder, recorder_for, records_events
+from ._cache import Answer, Entry, RecordCache, stored_hash
 from ._decide import Plan, Settlement, State, build_result, decide_static, make_plan
 from ._errors import ConfigurationError, KeystileError, StoreUnavailableError
 from ._forks import on_fork
 from ._ids import now_ms
 from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
+from ._logs import failure_fields, key_fields, safe_url
+from ._metrics import UNROUTED, Metrics
 from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
-__all__ = ["Verifier"]
+__all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
 
 logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
+#: The store trips of a verification, as the metrics and spans name them.
+OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
 
 
-class Verifier:
-    """Verifies keys against a store through a local cache.
+class Driver(abc.ABC):
+    """What :class:`Verifier` and the remote backend share: the first step, the
+    remembered answers, and the two drivers of the steps. Each driver runs the I/O a
+    step asks for, blocking or awaited, with the metrics (:meth:`Metrics.trip`) and the
+    fail policy around it, and records the verification.
 
-    >>> verifier = Verifier("memory://")
-    >>> verifier.verify("sk_live_nope").code
-    <Code.NOT_FOUND: 'NOT_FOUND'>
+    A subclass gives ``_begin`` (the first step), ``_fall_back`` (what the
+    ``open_cached`` fail policy makes of a step the store could not serve), ``events``,
+    ``metrics``, ``now`` and ``answers`` (raw key bytes -> the answer a request got,
+    while it holds).
     """
 
-    def __init__(
-        self,
-        store: Store | str | None = None,
-        *,
-        cache_ttl: float = 10.0,
-        negative_ttl: float = 2.0,
-        cache_size: int = 100_000,
-        keyspace_refresh: float = 30.0,
-        analytics: bool | Analytics = True,
-        now: Callable[[], int] = now_ms,
-    ) -> None:
-        self.store = store if isinstance(store, Store) else open_store(store)
-        self.astore = AsyncStore(self.store)
-        self.now = now
-        self.cache = RecordCache(maxsize=cache_size, ttl=cache_ttl, negative_ttl=negative_ttl,
-                                 clock=now)
-        if keyspace_refresh <= 0:
-            raise ConfigurationError("keyspace_refresh must be > 0 seconds")
-        self._refresh_ms = int(keyspace_refresh * 1000)
-        self._by_prefix: dict[str, Keyspace] = {}
-        self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
-        self._keyspaces_generation = 0  # bumped by every keyspace invalidation
-        self.store.listen(self)
-        self.leases = Leases()
-        self._acquiring = threading.Lock()
-        on_fork(self)
-        self._release_at_exit = False
-        #: Where each verification's event goes (``analytics=False``, or a store that
-        #: records none: ``None``).
-        self.events = recorder_for(self.store, analytics, now) if records_events(self.store) else None
+    events: Recorder | None
+    metrics: Metrics
+    now: Callable[[], int]
+    answers: dict[bytes, Answer]
 
-    def _after_fork(self) -> None:
-        self._acquiring = threading.Lock()
+    @abc.abstractmethod
+    def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step: ...
 
-    def __repr__(self) -> str:
-        return f"Verifier({self.store!r})"
+    @abc.abstractmethod
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step: ...
 
-    def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
-        if key_hash is None:
-            self.cache.clear()
-        else:
-            self.cache.evict(key_hash)
-        if keyspaces:
-            self._keyspaces_generation += 1
-            self._keyspaces_due = 0
-            self.cache.forget_answers()
+    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
+              now: int | None = None) -> Step:
+        """The first step of a verification: a result, or the I/O to run next.
 
-    # -- the two drivers ------------------------------------------------------------
+        For callers that can avoid a coroutine when no I/O is needed (the common
+        cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
+        verifier.finish_async(step)``. ``ip`` overrides ``request.ip``.
+        """
+        if now is None:
+            now = self.now()
+        step = self._begin(key, request, ip, now)
+        if self.events is not None and type(step) is VerifyResult:
+            self.events.emit(now, step, request)
+        return step
+
+    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
+        """The answer ``request`` got for ``key`` (its raw bytes, as received), if it
+        still holds; else ``None`` and the caller verifies the key.
+
+        For hot paths that hold the raw bytes: a hit needs no decoding, parsing or
+        hashing, since only a key that passed every check gets an answer remembered.
+        """
+        answer = self.answers.get(key)
+        if answer is not None and answer[1] is request:
+            now = self.now()
+            if now < answer[0]:
+                if self.events is not None:
+                    self.events.record(now, answer)  # the entry itself: nothing allocated
+                return answer[2]
+        return None
 
     def verify(self, key: str, **request: Any) -> VerifyResult:
         """Verify ``key``; keyword arguments are the fields of :class:`VerifyRequest`."""
@@ -121,40 +124,139 @@ class Verifier:
     def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
+        flow = self._flow(step, stale_ms)
+        pending = next(flow)
+        try:
+            while True:
+                try:
+                    answer = pending.run_sync()
+                except BaseException as error:  # the flow measures it, falls back or re-raises
+                    pending = flow.throw(error)
+                else:
+                    pending = flow.send(answer)
+        except StopIteration as done:
+            return cast(VerifyResult, done.value)
+
+    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
-        request = step.request
-        while not isinstance(step, VerifyResult):
+        flow = self._flow(step, stale_ms)
+        pending = next(flow)
+        try:
+            while True:
+                try:
+                    answer = await pending.run_async()
+                except BaseException as error:  # the flow measures it, falls back or re-raises
+                    pending = flow.throw(error)
+                else:
+                    pending = flow.send(answer)
+        except StopIteration as done:
+            return cast(VerifyResult, done.value)
+
+    def _flow(self, step: _Pending, stale_ms: int | None) -> Generator[_Pending, Any, VerifyResult]:
+        """A verification from its first pending step, written once for both drivers:
+        it yields each step whose I/O the driver runs and gets the answer (or the
+        error) back; around each trip the metrics, after a failed one the fail policy,
+        at the end the event."""
+        request, missed = step.request, False
+        result: Step = step
+        while not isinstance(result, VerifyResult):
+            pending = result
+            missed = missed or pending.miss
             try:
-                step = step.resume(step.run_sync())
+                with self.metrics.trip(pending.operation):
+                    answer = yield pending
+                result = pending.resume(answer)
             except StoreUnavailableError as error:
-                step = self._fall_back(step, error, stale_ms)
+                result = self._failed(pending, error, stale_ms)
+        self._finished(result, request, missed)
+        return result
+
+    def _failed(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+        """The fail policy's answer to a failed step (re-raises when it has none), counted."""
+        answer = self._fall_back(step, error, stale_ms)
+        self.metrics.fell_back(step.operation)
+        return answer
+
+    def _finished(self, result: VerifyResult, request: VerifyRequest, missed: bool) -> None:
         if self.events is not None:
-            self.events.emit(self.now(), step, request)
-        return step
+            self.events.emit(self.now(), result, request, missed)
+
+
+class Verifier(Driver):
+    """Verifies keys against a store through a local cache.
+
+    >>> verifier = Verifier("memory://")
+    >>> verifier.verify("sk_live_nope").code
+    <Code.NOT_FOUND: 'NOT_FOUND'>
+
+    ``verifier.metrics`` counts what it does (:class:`~keystile.Metrics`); with
+    ``analytics=False`` a counting-only queue keeps verifications counted, at the
+    per-request cost of analytics (a queue append), unless ``metrics=False``.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        cache_ttl: float = 10.0,
+        negative_ttl: float = 2.0,
+        cache_size: int = 100_000,
+        keyspace_refresh: float = 30.0,
+        analytics: bool | Analytics = True,
+        metrics: bool = True,
+        now: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store if isinstance(store, Store) else open_store(store)
+        self.astore = AsyncStore(self.store)
+        self.now = now
+        self.cache = RecordCache(maxsize=cache_size, ttl=cache_ttl, negative_ttl=negative_ttl,
+                                 clock=now)
+        self.answers = self.cache.answers  # the cache's own dict, changed in place only
+        if keyspace_refresh <= 0:
+            raise ConfigurationError("keyspace_refresh must be > 0 seconds")
+        self._refresh_ms = int(keyspace_refresh * 1000)
+        self._by_prefix: dict[str, Keyspace] = {}
+        self._keyspaces_due = 0  # the clock time (ms) of the next keyspace reload
+        self._keyspaces_generation = 0  # bumped by every keyspace invalidation
+        self.store.listen(self)
+        self.leases = Leases()
+        self._acquiring = threading.Lock()
+        on_fork(self)
+        self._release_at_exit = False
+        #: Counters and histograms of this verifier (:meth:`Metrics.snapshot`).
+        self.metrics = Metrics(store=safe_url(self.store.url), operations=OPERATIONS)
+        self.metrics.cache_entries = self.cache.__len__
+        #: Where each verification's event goes: the analytics writer, a counting-only
+        #: recorder (``analytics=False`` or a store that records none), or ``None``
+        #: (neither analytics nor ``metrics``).
+        self.events = recorder_for(self.store if records_events(self.store) else None, analytics, now,
+                                   self.metrics if metrics else None)
+        self.metrics.recorder = self.events
+
+    def _after_fork(self) -> None:
+        self._acquiring = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Verifier({self.store!r})"
+
+    def invalidate(self, key_hash: str | None, *, keyspaces: bool = False) -> None:
+        if key_hash is None:
+            self.cache.clear()
+        else:
+            self.cache.evict(key_hash)
+        if keyspaces:
+            self._keyspaces_generation += 1
+            self._keyspaces_due = 0
+            self.cache.forget_answers()
 
     # -- the steps -------------------------------------------------------------------
-
-    def start(self, key: str, request: VerifyRequest, ip: str | None = None,
-              now: int | None = None) -> Step:
-        """The first step of a verification: a result, or the I/O to run next.
-
-        For callers that can avoid a coroutine when no I/O is needed (the common
-        cache hit): ``step = verifier.start(...)``; if it is not a result, ``await
-        verifier.finish_async(step)``. ``ip`` overrides ``request.ip``.
-        """
-        if now is None:
-            now = self.now()
-        step = self._begin(key, request, ip, now)
-        if self.events is not None and type(step) is VerifyResult:
-            self.events.emit(now, step, request)
-        return step
 
     def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step:
         if now >= self._keyspaces_due:
             return _LoadKeyspaces(self, key, request, ip, now)
         if type(key) is not str or len(key) > MAX_KEY_LENGTH:
-            return _NOT_FOUND
+            return UNROUTED
         raw = key.encode("utf-8", "surrogatepass")
         answer = self.cache.answers.get(raw)
         if answer is not None and answer[1] is request and now < answer[0]:
@@ -162,50 +264,19 @@ class Verifier:
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
-            return _NOT_FOUND
+            return UNROUTED
         if request.api_id is not None:
             if keyspace.api_id != request.api_id:
-                return _NOT_FOUND
+                return UNROUTED
         elif prefix == ROOT_PREFIX:
-            return _NOT_FOUND  # keystile serve's root keys are never an app's keys
+            return UNROUTED  # keystile serve's root keys are never an app's keys
         digest = _sha256(raw).digest()
         entry = self.cache.fresh(digest, now)
         if entry is None:
             return _LoadRecord(self, raw, digest, keyspace, request, ip, now)
         return self._decide(raw, digest, entry, keyspace, request, ip, now)
 
-    def recall(self, key: bytes, request: VerifyRequest) -> VerifyResult | None:
-        """The answer ``request`` got for ``key`` (its raw bytes, as received), if it
-        still holds; else ``None`` and the caller verifies the key.
-
-        For hot paths that hold the raw bytes: a hit needs no decoding, parsing or
-        hashing, since only a key that passed every check gets an answer remembered.
-        """
-        answer = self.cache.answers.get(key)
-        if answer is not None and answer[1] is request:
-            now = self.now()
-            if now < answer[0]:
-                if self.events is not None:
-                    self.events.record(now, answer)
-                return answer[2]
-        return None
-
-    async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
-        if isinstance(step, VerifyResult):
-            return step  # answered by start(), which recorded it
-        if isinstance(step, VerifyResult):
-            return step  # answered by start(), which recorded it
-        request = step.request
-        while not isinstance(step, VerifyResult):
-            try:
-                step = step.resume(await step.run_async())
-            except StoreUnavailableError as error:
-                step = self._fall_back(step, error, stale_ms)
-        if self.events is not None:
-            self.events.emit(self.now(), step, request)
-        return step
-
-    def _fall_back(self, step: Step, error: StoreUnavailableError, stale_ms: int | None) -> Step:
+    def _fall_back(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
         """What the ``open_cached`` fail policy makes of a step the store could not
         serve (re-raises the store's error when there is nothing cached to go on)."""
         if stale_ms is None:
@@ -214,25 +285,31 @@ class Verifier:
         if isinstance(step, _LoadKeyspaces) and self._by_prefix:
             # Go on with the last map; ask the store again in a second.
             self._keyspaces_due = now + min(self._refresh_ms, 1000)
+            logger.warning("keystile: store unavailable; keeping the keyspaces it gave before"
+                           " (open_cached): %s", error,
+                           extra=failure_fields(self.metrics.store, step.operation, error))
             return self._begin(step.key, step.request, step.ip, now)
         if isinstance(step, _LoadRecord):
             entry = self.cache.stale(step.digest, now, stale_ms)
             if entry is not None and entry.record is not None:
-                return self._stale_result(entry.record, step.keyspace, step.request, step.ip, now)
+                return self._stale_result(entry.record, step, error, now)
         if isinstance(step, _Settle) and step.entry.record is not None:
-            logger.warning("keystile: store unavailable; admitting key %s unspent (open_cached)",
-                           step.entry.record.key_id)
-            return build_result(Code.VALID, step.entry.record)
+            record = step.entry.record
+            failed = failure_fields(self.metrics.store, step.operation, error)
+            logger.warning("keystile: store unavailable; admitting key %s unspent (open_cached): %s",
+                           record.key_id, error, extra=key_fields(record, **failed))
+            return build_result(Code.VALID, record)
         raise error
 
-    def _stale_result(self, record: KeyRecord, keyspace: Keyspace, request: VerifyRequest,
-                      ip: str | None, now: int) -> VerifyResult:
-        if record.keyspace_id != keyspace.id:
+    def _stale_result(self, record: KeyRecord, step: _LoadRecord, error: StoreUnavailableError,
+                      now: int) -> VerifyResult:
+        if record.keyspace_id != step.keyspace.id:
             return _NOT_FOUND
-        code = decide_static(record, keyspace, request, now, ip or request.ip)
+        code = decide_static(record, step.keyspace, step.request, now, step.ip or step.request.ip)
         if code is None:
+            failed = failure_fields(self.metrics.store, step.operation, error)
             logger.warning("keystile: store unavailable; admitting key %s from a stale cache entry"
-                           " (open_cached)", record.key_id)
+                           " (open_cached): %s", record.key_id, error, extra=key_fields(record, **failed))
         return build_result(code or Code.VALID, record)
 
     def _decide(
@@ -305,7 +382,14 @@ class Verifier:
 
 
 class _Pending(Protocol):
-    """A step waiting for I/O: run it (blocking or awaited), then resume with the answer."""
+    """A step waiting for I/O: run it (blocking or awaited), then resume with the answer.
+
+    ``operation`` names the store trip (one of :data:`OPERATIONS`, or the remote's);
+    ``miss``: the trip reads the key's record, so the verification missed the cache.
+    """
+
+    operation: str
+    miss: bool
 
     def run_sync(self) -> Any: ...
 
@@ -324,6 +408,7 @@ class _LoadKeyspaces:
     """Reload the prefix map, then start over."""
 
     __slots__ = ("generation", "ip", "key", "now", "request", "verifier")
+    operation, miss = "load_keyspaces", False
 
     def __init__(self, verifier: Verifier, key: str, request: VerifyRequest, ip: str | None,
                  now: int) -> None:
@@ -345,6 +430,7 @@ class _LoadRecord:
     """Read a missed record through the cache's single flight, then decide."""
 
     __slots__ = ("digest", "ip", "keyspace", "now", "raw", "request", "verifier")
+    operation, miss = "load_record", True
 
     def __init__(self, verifier: Verifier, raw: bytes, digest: bytes, keyspace: Keyspace,
                  request: VerifyRequest, ip: str | None, now: int) -> None:
@@ -374,6 +460,7 @@ class _Acquire:
     """
 
     __slots__ = ("entry", "now", "plan", "request", "size", "verifier")
+    operation, miss = "lease", False
 
     def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int, size: int,
                  request: VerifyRequest) -> None:
@@ -418,6 +505,7 @@ class _Settle:
     """Apply the plan's credits and rate limits in the store, then answer."""
 
     __slots__ = ("entry", "now", "plan", "request", "verifier")
+    operation, miss = "settle", False
 
     def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, now: int,
                  request: VerifyRequest) -> None:
@@ -433,15 +521,14 @@ class _Settle:
         return build_result(settlement.code, self.entry.record, settlement)
 
 
-
-
 def _release_at_exit(ref: weakref.ref[Verifier]) -> None:
     verifier = ref()
     if verifier is not None:
         try:
             verifier.release_leases()
         except KeystileError as exc:  # the store is gone: the leased units are lost
-            logger.warning("keystile: could not give leases back at exit: %s", exc)
+            logger.warning("keystile: could not give leases back at exit: %s", exc,
+                           extra=failure_fields(verifier.metrics.store, "lease", exc))
 
 
 def _request(fields: Mapping[str, Any]) -> VerifyRequest:

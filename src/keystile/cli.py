@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import ConfigurationError, KeystileError, ValidationError
+from ._logs import safe_url
 from ._manage import UNSET, Keystile
 from ._models import Credits, RatelimitConfig, Refill
 from ._vault import MASTER_KEY_ENV, parse_master_key, read_master_key_file
@@ -80,17 +81,23 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         ks = Keystile(args.store)
-        app = build_app(ks)
+    except KeystileError as exc:
+        _print_error(exc, args.json)
+        return 2
+    try:
+        app = build_app(ks, metrics=args.metrics)
         roots: RootKeys = app.state.root_keys
         if not roots.list():
             print("keystile serve: no root key yet, so every request gets 401; create one with\n"
                   "  keystile rootkeys create --permission 'api.*.create_key' --permission "
                   "'api.*.verify_key' ...", file=sys.stderr)
     except KeystileError as exc:
+        ks.close()
         _print_error(exc, args.json)
         return 2
-    print(f"keystile serve: http://{args.host}:{args.port} (store: {ks.store.url}; the API is "
-          f"described at /openapi.json)", file=sys.stderr, flush=True)
+    print(f"keystile serve: http://{args.host}:{args.port} (store: {safe_url(ks.store.url)}; the API "
+          f"is described at /openapi.json{'; metrics at /metrics' if args.metrics else ''})",
+          file=sys.stderr, flush=True)
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
     # handler it found: this one, so that the store is closed (leases returned, SQLite
     # checkpointed) instead of the process dying of the signal.
@@ -614,6 +621,9 @@ def _add_server(groups: Any, common: list[argparse.ArgumentParser]) -> None:
                               help="serve Unkey's v2 API on the store (for unkey-py and other clients)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--metrics", action="store_true",
+                       help="also serve Prometheus metrics at GET /metrics, without a root key "
+                            "(needs keystile[prometheus])")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=None)

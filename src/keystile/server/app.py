@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._errors import ConfigurationError
 from .._ids import new_id
 from .._manage import Keystile
 from ..stores import Store
@@ -51,10 +52,15 @@ MAX_BODY_BYTES = 1 << 20
 
 def build_app(
     ks: Keystile | Store | str | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
-    operations: Iterable[Operation] = OPERATIONS,
+    operations: Iterable[Operation] = OPERATIONS, metrics: bool = False,
 ) -> Starlette:
     """The server's ASGI app on ``ks`` (a Keystile, a store, or a store URL: then the
-    app owns the Keystile it opens and closes it at shutdown)."""
+    app owns the Keystile it opens and closes it at shutdown).
+
+    ``metrics``: also answer ``GET /metrics`` with the verifier's metrics in
+    Prometheus' text format, without a root key (needs the ``prometheus`` extra).
+    """
+    metrics_endpoint = _prometheus_endpoint() if metrics else None
     owned = not isinstance(ks, Keystile)
     keystile = Keystile(ks) if not isinstance(ks, Keystile) else ks
     roots = RootKeys(keystile)
@@ -78,6 +84,8 @@ def build_app(
     routes = [Route(op.path, server.endpoint(op), methods=["POST"], name=op.name) for op in ops]
     routes += [Route("/openapi.json", openapi, methods=["GET"]),
                Route("/v2/liveness", liveness, methods=["GET"])]
+    if metrics_endpoint is not None:
+        routes.append(Route("/metrics", metrics_endpoint(keystile), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.keystile = keystile
@@ -102,7 +110,9 @@ class _Server:
                 error = api_error_from(exc, kind=operation.kind)
                 if error is None:
                     logger.error("keystile serve: %s failed unexpectedly (%s)", operation.name,
-                                 request_id, exc_info=exc)
+                                 request_id, exc_info=exc,
+                                 extra={"operation": operation.name, "request_id": request_id,
+                                        "error": type(exc).__name__})
                     error = ApiError(500, "unkey/application/unexpected_error",
                                      f"Something unexpected went wrong; quote {request_id}.")
                 return error_response(error, request_id, request.headers.get("accept", ""))
@@ -140,6 +150,15 @@ class _Server:
         except (ValueError, RecursionError):
             raise ApiError(400, "user/bad_request/request_body_unreadable",
                            "The request body is not JSON: send a JSON object.") from None
+
+
+def _prometheus_endpoint() -> Callable[[Keystile], Any]:
+    try:
+        from ..prometheus import endpoint
+    except ImportError as exc:
+        raise ConfigurationError("metrics need the prometheus extra: "
+                                 "pip install 'keystile[prometheus]'") from exc
+    return endpoint
 
 
 def _envelope(request_id: str, data: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from .._analytics import Event, EventFilter
 from .._bus import Listener, publish, subscribe
 from .._decide import Plan, Settlement
 from .._errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+from .._logs import safe_url
 from .._loops import PerLoop
 from .._models import KeyRecord
 from .._records import key_record_from_docs
@@ -196,7 +197,7 @@ def _split_url(url: str) -> tuple[str, str, float]:
     """The URL redis-py gets, and the ``prefix`` and ``timeout`` options taken from it."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigurationError(f"not a Redis URL: {url!r}")
+        raise ConfigurationError(f"not a Redis URL: {safe_url(url)!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {name: value for name, value in query if name in _OWN_OPTIONS}
     rest = [(name, value) for name, value in query if name not in _OWN_OPTIONS]
@@ -204,9 +205,9 @@ def _split_url(url: str) -> tuple[str, str, float]:
     try:
         timeout = float(own.get("timeout", "0.5"))
     except ValueError:
-        raise ConfigurationError(f"timeout in {url!r} must be a number of seconds") from None
+        raise ConfigurationError(f"timeout in {safe_url(url)!r} must be a number of seconds") from None
     if timeout <= 0:
-        raise ConfigurationError(f"timeout in {url!r} must be > 0 seconds")
+        raise ConfigurationError(f"timeout in {safe_url(url)!r} must be > 0 seconds")
     return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout
 
 
@@ -228,7 +229,7 @@ class RedisStore(Store):
                 client_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
                 health_check_interval=30, retry_on_timeout=False)
         except ValueError as exc:
-            raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+            raise ConfigurationError(f"bad Redis URL {safe_url(url)!r}: {exc}") from exc
         self._write_doc = self.client.register_script(_WRITE_DOC)
         self._load_record = self.client.register_script(_LOAD_RECORD)
         self._write_events = self.client.register_script(_WRITE_EVENTS)
@@ -276,7 +277,8 @@ class RedisStore(Store):
         except StoreError as exc:
             # The change itself is stored; other instances see it when their cache
             # entries expire (cache_ttl) or when their listener reconnects.
-            logger.warning("keystile: could not publish an invalidation: %s", exc)
+            logger.warning("keystile: could not publish an invalidation: %s", exc,
+                           extra=self._fields(exc))
 
     def listen(self, listener: Listener) -> None:
         subscribe(self.url, listener)
@@ -299,7 +301,8 @@ class RedisStore(Store):
                 pubsub.subscribe(self.channel)
                 if connected_before:
                     # Messages may have been missed while the connection was down.
-                    logger.warning("keystile: Redis invalidations reconnected; dropping cached keys")
+                    logger.warning("keystile: Redis invalidations reconnected; dropping cached keys",
+                                   extra=self._fields())
                     publish(self.url, None, keyspaces=True)
                 connected_before, backoff = True, 0.05
                 while not self._closed.is_set():
@@ -309,7 +312,8 @@ class RedisStore(Store):
             except Exception as exc:  # a background thread must never die of anything
                 if self._closed.is_set():
                     return  # closed under us: the pool's sockets went away
-                logger.warning("keystile: Redis invalidation listener lost its connection: %s", exc)
+                logger.warning("keystile: Redis invalidation listener lost its connection: %s", exc,
+                               extra=self._fields(exc))
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
@@ -325,7 +329,14 @@ class RedisStore(Store):
             publish(self.url, key_hash if isinstance(key_hash, str) else None,
                     keyspaces=bool(message.get("keyspaces")))
         except (ValueError, AttributeError):
-            logger.warning("keystile: ignored a malformed invalidation message")
+            logger.warning("keystile: ignored a malformed invalidation message", extra=self._fields())
+
+    def _fields(self, error: Exception | None = None) -> dict[str, Any]:
+        """The ``extra`` of the invalidation listener's log records."""
+        fields: dict[str, Any] = {"store": safe_url(self.url), "channel": self.channel}
+        if error is not None:
+            fields["error"] = type(error).__name__
+        return fields
 
     # -- documents --------------------------------------------------------------------
 
