@@ -121,7 +121,7 @@ class Fixture:
         """A verifier of ``setup``'s very store (memory too) that records no analytics."""
         name = f"{setup.url} quiet"
         if name not in self._verifiers:
-            self._verifiers[name] = Verifier(setup.ks.store, analytics=False)
+            self._verifiers[name] = Verifier(setup.ks.store, analytics=False, metrics=False)
         return self._verifiers[name]
 
     def _setup(self, name: str, url: str) -> KeystileSetup:

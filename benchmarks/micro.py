@@ -77,9 +77,18 @@ def _verifier_specs(ks: Keystile, quiet: Verifier, key: str, perm_key: str) -> l
         Spec("verify_request, cache hit + permission query", "verify(perm_key, perm)", env,
              PERMISSION_QUERY),
         Spec("verify_request, cache hit, analytics on", "recorded(key, plain)",
-             {**env, "recorded": ks.verifier.verify_request},
-             "the event queued; the writer's share of the CPU included"),
+             {**env, "recorded": _idle_writer(ks).verify_request},
+             "the answer queued for the writer (its work: the writer item below)"),
     ]
+
+
+def _idle_writer(ks: Keystile) -> Verifier:
+    """A verifier of ``ks``'s store whose analytics writer does not wake during the run,
+    so that its backlog does not slow the items timed after it."""
+    from keystile import Analytics
+
+    return Verifier(ks.store, analytics=Analytics(queue_size=10**9, batch_size=10**9,
+                                                  flush_interval=3600))
 
 
 def _analytics_specs(fixture: Fixture) -> list[Spec]:

@@ -169,12 +169,31 @@ def count_entries(segments: Iterable[tuple[int, Sequence[Entry]]]) -> list[tuple
 
 def events_of(counted: Iterable[tuple[int, Entry, int]], instance: str | None,
               region: str | None) -> tuple[list[Event], dict[str, int]]:
-    """Counted entries as per-minute events (one per key, outcome and tags), and the
-    latest minute each key was verified in."""
+    """Counted entries as per-minute events (one per key, outcome and request), and the
+    latest minute each key was verified in.
+
+    A verify that settles credits answers with a result of its own each time, so this
+    groups by what an event records before building one (a tuple and a dict lookup per
+    entry), rather than building an event per entry.
+    """
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for minute, entry, count in counted:
+        request, result = entry[1], entry[2]
+        spent = 0
+        if result.valid and result.credits is not None:
+            spent = count * (1 if request.cost is None else request.cost)
+        group_key = (minute, result.code, result.key_id, id(request))
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = [minute, request, result, count, spent]
+        else:
+            group[3] += count
+            group[4] += spent
     rows: dict[tuple[Any, ...], Event] = {}
     latest: dict[str, int] = {}
-    for minute, (_, request, result), count in counted:
-        event = event_of(minute, result, request, instance, region, count)
+    for minute, request, result, count, spent in groups.values():
+        event = dataclasses.replace(event_of(minute, result, request, instance, region, count),
+                                    spent=spent)
         row_key = (event.time, event.code, event.key_id, event.keyspace_id, event.api_id,
                    event.identity_id, event.tags)
         known = rows.get(row_key)
@@ -368,7 +387,15 @@ class Recorder:
     def emit(self, now: int, result: VerifyResult, request: VerifyRequest, missed: bool = False) -> None:
         """Queue one verification (the request path: no I/O, no lock, never blocks);
         ``missed``: it read the store for the key's record."""
-        self.record(now, (MISSED if missed else EMITTED, request, result))
+        if now >= self._minute_end:
+            self._new_minute(now)
+        current = self._current
+        if len(current) + self._backlog >= self._max:
+            self.dropped += 1
+            return
+        current.append((MISSED if missed else EMITTED, request, result))  # record(), inlined
+        if len(current) == self._batch:
+            self._wake.set()
 
     def record(self, now: int, entry: Entry) -> None:
         """Queue one verification given as ``(deadline, request, result)``: a cache hit
