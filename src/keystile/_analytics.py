@@ -72,7 +72,7 @@ class Analytics:
     """
 
     queue_size: int = 100_000
-    batch_size: int = 1_000
+    batch_size: int = 10_000
     flush_interval: float = 1.0
     last_used_interval: float = 60.0
     retention_days: float = 30.0
