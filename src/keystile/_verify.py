@@ -11,6 +11,7 @@ share every decision and the hot path pays for no machinery.
 from __future__ import annotations
 
 import abc
+import asyncio
 import atexit
 import hashlib
 import logging
@@ -222,6 +223,8 @@ class Verifier(Driver):
         self.store.listen(self)
         self.leases = Leases()
         self._acquiring = threading.Lock()
+        #: The acquisition in flight on each event loop (leased mode), for others to await.
+        self._lease_flights: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         on_fork(self)
         self._release_at_exit = False
         #: Counters and histograms of this verifier (:meth:`Metrics.snapshot`).
@@ -236,6 +239,7 @@ class Verifier(Driver):
 
     def _after_fork(self) -> None:
         self._acquiring = threading.Lock()
+        self._lease_flights = {}
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"
@@ -490,8 +494,22 @@ class _Acquire:
         return self._locked()
 
     async def run_async(self) -> Settlement | None:
-        # Always in a thread: the lock may be held while another request's store trip runs.
-        return await anyio.to_thread.run_sync(self._locked)
+        # One acquisition at a time per event loop, run in a thread (the lock may be held
+        # while another thread's store trip runs); the requests that find the lease empty
+        # meanwhile wait for it on the loop, not each in a thread of its own, then spend.
+        verifier = self.verifier
+        loop = asyncio.get_running_loop()
+        flights = verifier._lease_flights
+        flight = flights.get(loop)
+        if flight is not None:
+            await asyncio.shield(flight)
+            return verifier.leases.spend(self.plan, self.now)  # None: spent by others, lease again
+        flight = flights[loop] = loop.create_future()
+        try:
+            return await anyio.to_thread.run_sync(self._locked)
+        finally:
+            del flights[loop]
+            flight.set_result(None)
 
     def resume(self, settled: Settlement | None) -> Step:
         record = self.entry.record
