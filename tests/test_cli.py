@@ -347,3 +347,13 @@ def test_if_matplotlib_is_missing_then_plot_says_which_extra_to_install(
 
     assert status == 2 and "pip install 'keystile[plot]'" in captured.err + captured.out
     assert not (tmp_path / "u.png").exists()
+
+
+def test_if_a_management_command_is_pointed_at_the_remote_backend_then_it_says_where_keys_live(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["analytics", "--store", "unkey+http://127.0.0.1:1?prefixes=sk_live"])
+    captured = capsys.readouterr()
+
+    assert status == 2
+    assert "is the remote backend" in captured.err and "Traceback" not in captured.err

@@ -61,6 +61,11 @@ def _factory(url: str) -> Callable[[str], Store]:
     if not sep:
         raise ConfigurationError(f"a store URL looks like sqlite:///keys.db, not {url!r}")
     factory = _SCHEMES.get(scheme)
+    if factory is None and scheme in ("unkey+http", "unkey+https"):
+        raise ConfigurationError(
+            f"{scheme}:// is the remote backend: it verifies keys (the middleware, the decorator)"
+            " but holds no store here, so keys are managed and analytics read where they live:"
+            " with Unkey's API, or with keystile on the server's own --store")
     if factory is None:
         known = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
         raise ConfigurationError(f"unknown store scheme {scheme!r} in {url!r}; known: {known}")
