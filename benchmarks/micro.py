@@ -94,7 +94,7 @@ def _idle_writer(ks: Keystile) -> Verifier:
 def _analytics_specs(fixture: Fixture) -> list[Spec]:
     """What analytics costs: the request path's queueing, and the writer's work per event."""
     from keystile import Analytics, VerifyResult
-    from keystile._analytics import Recorder, aggregate
+    from keystile._analytics import Recorder, count_entries, events_of
 
     setup = fixture.sqlite()
     result = setup.ks.verify(setup.key)
@@ -108,12 +108,14 @@ def _analytics_specs(fixture: Fixture) -> list[Spec]:
     entry = (0, request, result)
     batch = [(0, [entry] * 1000)]
     env = {"record": idle.record, "now": 0, "result": result, "request": request, "batch": batch,
-           "write": setup.ks.store.write_events, "aggregate": aggregate}
+           "write": setup.ks.store.write_events, "count_entries": count_entries,
+           "events_of": events_of}
     return [
         Spec("analytics: Recorder.record (a cache hit's path)", "record(now, entry)",
              {**env, "entry": entry}, "the answer entry appended to a bounded deque"),
-        Spec("analytics: writer, 1000 verifications to SQLite", "write(aggregate(batch, 'i', None)[0])",
-             env, "per-minute events of one key, one transaction (divide by 1000 per request)"),
+        Spec("analytics: writer, 1000 verifications to SQLite",
+             "write(events_of(count_entries(batch), 'i', None)[0])", env,
+             "per-minute events of one key, one transaction (divide by 1000 per request)"),
     ]
 
 

@@ -1,14 +1,16 @@
 """Verification analytics: an event per verification, recorded off the request path.
 
-The request path only appends ``(time, result, request)`` to a bounded deque (a few
-hundred nanoseconds; when the deque is full the event is dropped and counted, the
-request never waits). A background thread drains it in batches: it turns entries
-into :class:`Event` rows, hands them to the store (``write_events``: a SQLite table,
-a capped Redis stream, a bounded list in memory), updates ``last_used_at`` of each
-key at most once per ``last_used_interval`` and trims events past the retention.
+The request path only appends an entry ``(deadline, request, result)`` to the deque
+of the current minute (a cache hit appends the answer entry it found: nothing is
+allocated); when the queue is full the verification is dropped and counted, the
+request never waits. A background thread copies the deques in batches, counts the
+entries by identity, tallies them into the verifier's metrics and, with a store, turns
+them into per-minute :class:`Event` rows (``write_events``: a SQLite table, a capped
+Redis stream, a bounded list in memory); it updates ``last_used_at`` of each key at
+most once per ``last_used_interval`` and trims events past the retention.
 
-Queries (:func:`count_buckets`, :func:`top`, :func:`credit_usage`) are pure functions
-over the events a store reads back for a time range and a filter.
+Queries (:func:`count_buckets`, :func:`top`) are pure functions over the events a
+store reads back for a time range and a filter.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._errors import ConfigurationError, KeystileError, ValidationError
+from ._forks import on_fork
 from ._logs import failure_fields, safe_url
 from ._models import Code, VerifyRequest, VerifyResult
 
@@ -204,12 +207,6 @@ def events_of(counted: Iterable[tuple[int, Entry, int]], instance: str | None,
     return list(rows.values()), latest
 
 
-def aggregate(segments: Iterable[tuple[int, Sequence[Entry]]], instance: str | None,
-              region: str | None) -> tuple[list[Event], dict[str, int]]:
-    """Queued verifications, a list per minute, as per-minute events."""
-    return events_of(count_entries(segments), instance, region)
-
-
 # -- queries -------------------------------------------------------------------------------------
 
 
@@ -377,7 +374,7 @@ class Recorder:
         self._pending_latest: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._start()
-        _recorders.add(self)
+        on_fork(self)
 
     @property
     def records(self) -> bool:
@@ -571,18 +568,6 @@ def _write_loop(ref: weakref.ref[Recorder], wake: threading.Event, interval: flo
             return  # dropped, closed, or replaced after a fork
         recorder._write_once()
         del recorder
-
-
-_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-
-def _restart_after_fork() -> None:
-    for recorder in list(_recorders):
-        recorder._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 def records_events(store: Any) -> bool:

@@ -44,14 +44,6 @@ class PerLoop(Generic[C]):
         found = self._clients.get(asyncio.get_running_loop())
         return found[0] if found is not None else None
 
-    def forget(self) -> None:
-        """Drop every client without closing it (a forked child: they are the parent's).
-
-        No lock taken: in a child the lock may be held by a thread that no longer exists.
-        """
-        self._clients = {}
-        self._lock = threading.Lock()
-
     async def get(self) -> C:
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)

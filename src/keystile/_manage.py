@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ._analytics import (
+    CODES,
     MINUTE_MS,
     Bucket,
     Event,
@@ -36,7 +37,6 @@ from ._ids import new_id, now_ms
 from ._keys import generate_key, hash_key, key_start, split_key
 from ._models import (
     Api,
-    Code,
     CreatedKey,
     Credits,
     Identity,
@@ -878,7 +878,7 @@ def _event_filter(api_id: str | None, keyspace_id: str | None, key_id: str | Non
                   identity: str | None, tags: Iterable[str], codes: Iterable[str]) -> EventFilter:
     tags, codes = (tags,) if isinstance(tags, str) else tuple(tags), (
         (codes,) if isinstance(codes, str) else tuple(codes))
-    unknown = [c for c in codes if c not in {code.value for code in Code}]
+    unknown = [c for c in codes if c not in CODES]
     if unknown:
         raise ValidationError(f"unknown outcome code: {', '.join(map(str, unknown))}")
     return EventFilter(api_id, keyspace_id, key_id, identity, tags, codes)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ._analytics import Bucket, Top
+from ._analytics import BUCKETS, Bucket, Top
 from ._errors import ConfigurationError
 from ._models import Code
 
@@ -112,7 +112,7 @@ def plot_buckets(buckets: Sequence[Bucket], by: str, title: str, path: str | Pat
     counts = totals(buckets)
     codes = [code for code in CODE_ORDER if counts.get(code)]
     starts: Any = [dt.datetime.fromtimestamp(b.start / 1000, tz=dt.UTC) for b in buckets]
-    width: Any = dt.timedelta(milliseconds=_bucket_ms(by) * 0.85)
+    width: Any = dt.timedelta(milliseconds=BUCKETS[by] * 0.85)
     figure, axes = plt.subplots(figsize=(10, 4.2), dpi=110)
     bottom = [0] * len(buckets)
     for code in codes:
@@ -130,12 +130,6 @@ def plot_buckets(buckets: Sequence[Bucket], by: str, title: str, path: str | Pat
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-
-
-def _bucket_ms(by: str) -> int:
-    from ._analytics import BUCKETS
-
-    return BUCKETS[by]
 
 
 def report_dict(buckets: Sequence[Bucket], since: int, until: int, by: str,

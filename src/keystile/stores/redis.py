@@ -101,8 +101,6 @@ def _after_fork() -> None:
     for store in list(_LISTENING):
         if not store._closed.is_set():
             store._start_listener()
-    for native in list(_NATIVE):
-        native._clients.forget()  # the parent's connections, on the parent's loops
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -552,7 +550,6 @@ class _AsyncRedis:
         self._clients: PerLoop[LeanClient] = PerLoop(self._make, _close_client)
         self._load = Script(_LOAD_RECORD)
         self._settle = Script(LuaSettle.source())
-        _NATIVE.add(self)
 
     def _make(self) -> LeanClient:
         return LeanClient(self.target)
@@ -578,7 +575,6 @@ class _AsyncRedis:
         self._clients.close()
 
 
-_NATIVE: weakref.WeakSet[_AsyncRedis] = weakref.WeakSet()  # forgotten by a forked child
 _TIME = b"*1\r\n$4\r\nTIME\r\n"
 
 
