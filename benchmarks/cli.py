@@ -190,7 +190,8 @@ def _cases(doc: dict[str, Any], fixture: Fixture, workdir: Path, args: argparse.
         say("reference: one EVALSHA round trip (redis-benchmark, redis.asyncio)")
         doc["config"]["redis"] = {"url": redisbench.public_url(redisbench.redis_url()),
                                   "prefix": fixture.redis_prefix}
-        doc["redis_reference"] = redisbench.reference(redisbench.redis_url(), quick=args.quick)
+        doc["redis_reference"] = redisbench.reference(redisbench.redis_url(), quick=args.quick,
+                                                      prefix=fixture.redis_prefix)
         names = {case.name for case in cases if needs_redis(case)}
         redisbench.compare(doc["redis_reference"], [row for row in doc["cases"] if row["name"] in names])
     if any(needs_remote(case) for case in cases):

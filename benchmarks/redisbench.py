@@ -242,7 +242,9 @@ class CountedApp:
 # -- the reference round trip --------------------------------------------------------------
 
 
-def _redis_benchmark(url: str, sha: str, requests: int, cpu: ServerCpu) -> dict[str, Any]:
+def _redis_benchmark(url: str, sha: str, requests: int, cpu: ServerCpu,
+                     call: tuple[str, ...] = ("0",)) -> dict[str, Any]:
+    """``redis-benchmark -c 1 EVALSHA sha *call`` (``call``: numkeys, keys, args)."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         return {"skipped": "redis-benchmark is not installed"}
@@ -253,7 +255,7 @@ def _redis_benchmark(url: str, sha: str, requests: int, cpu: ServerCpu) -> dict[
                "-n", str(requests), "-c", "1", "--csv"]
     if parts.password:
         command[1:1] = ["-a", parts.password, *(["--user", parts.username] if parts.username else [])]
-    command += ["EVALSHA", sha, "0"]
+    command += ["EVALSHA", sha, *call]
     shown = [("***" if parts.password and arg == parts.password else arg) for arg in command]
     shown[0] = "redis-benchmark"
     try:
@@ -304,9 +306,11 @@ async def _python_async(url: str, sha: str, calls: int, cpu: ServerCpu) -> dict[
             "server_cpu_us_per_call": server_cpu_us / calls}
 
 
-async def _lean_async(url: str, calls: int, cpu: ServerCpu) -> dict[str, Any]:
+async def _lean_async(url: str, calls: int, cpu: ServerCpu, source: str = TRIVIAL_SCRIPT,
+                      keys: tuple[str, ...] = (), args: tuple[str | int, ...] = ()) -> dict[str, Any]:
     """The same call on keystile's lean asyncio client: what a settle's round trip costs
-    keystile before any script work, the floor of the exact path."""
+    keystile before any script work, the floor of the exact path (with ``source``,
+    ``keys`` and ``args``: that script's call instead)."""
     from keystile.stores._redis_lean import AVAILABLE, LeanClient, Script, target_from_url
 
     if not AVAILABLE:
@@ -314,15 +318,15 @@ async def _lean_async(url: str, calls: int, cpu: ServerCpu) -> dict[str, Any]:
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("prefix", "timeout")]
     client = LeanClient(target_from_url(urlunsplit(parts._replace(query=urlencode(query))), 2.0))
-    script = Script(TRIVIAL_SCRIPT)
+    script = Script(source)
     try:
         for _ in range(max(50, calls // 10)):  # connect and warm up
-            await client.evalsha(script, (), ())
+            await client.evalsha(script, keys, args)
         clock = time.perf_counter_ns
         cpu_before = cpu()
         start = clock()
         for _ in range(calls):
-            await client.evalsha(script, (), ())
+            await client.evalsha(script, keys, args)
         elapsed = clock() - start
         server_cpu_us = cpu() - cpu_before
     finally:
@@ -331,23 +335,56 @@ async def _lean_async(url: str, calls: int, cpu: ServerCpu) -> dict[str, Any]:
             "us_per_call": elapsed / calls / 1000, "server_cpu_us_per_call": server_cpu_us / calls}
 
 
-def reference(url: str, *, quick: bool) -> dict[str, Any]:
-    """One EVALSHA of a trivial script, one connection, one call at a time."""
+def reference(url: str, *, quick: bool, prefix: str | None = None) -> dict[str, Any]:
+    """One EVALSHA of a trivial script, one connection, one call at a time; with
+    ``prefix``, also keystile's settle script as the full case calls it (:func:`_settle_call`),
+    on states under ``prefix``."""
     client = _client(url)
     cpu = ServerCpu(url)
     try:
         sha = client.script_load(TRIVIAL_SCRIPT)
         server = client.info("server").get("redis_version")
         calls = 500 if quick else 5000
-        return {
+        requests = 2000 if quick else 20000
+        found = {
             "url": public_url(url), "server": server, "script": TRIVIAL_SCRIPT, "sha": sha,
-            "redis_benchmark": _redis_benchmark(url, sha, 2000 if quick else 20000, cpu),
+            "redis_benchmark": _redis_benchmark(url, sha, requests, cpu),
             "python_asyncio": asyncio.run(_python_async(url, sha, calls, cpu)),
             "keystile_lean": asyncio.run(_lean_async(url, calls, cpu)),
         }
+        if prefix is not None:
+            source, keys, args = _settle_call(client, prefix)
+            settle_sha = client.script_load(source)
+            call = (str(len(keys)), *keys, *map(str, args))
+            found["settle"] = {
+                "what": "keystile's settle script as the full case calls it: one rate limit"
+                        " and credits (canonical states), with a deadline",
+                "redis_benchmark": _redis_benchmark(url, settle_sha, requests, cpu, call),
+                "keystile_lean": asyncio.run(_lean_async(url, calls, cpu, source, keys, args)),
+            }
+        return found
     finally:
         client.close()
         cpu.close()
+
+
+def _settle_call(client: Any, prefix: str) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
+    """The settle script, KEYS and ARGV of the full case's verify (a limit and credits
+    that never run out), on states of its own under ``prefix`` (the credits written)."""
+    from keystile import RatelimitConfig
+    from keystile._decide import LimitCheck, Plan
+    from keystile.stores._redis_settle import LuaSettle, encode_state, state_redis_key
+
+    huge = 10**12
+    config = RatelimitConfig("requests", limit=huge, duration=60_000, auto_apply=True)
+    plan = Plan("credits:reference", 1, (LimitCheck("rl:reference:requests:60000", config, 1),))
+    settle = LuaSettle.__new__(LuaSettle)  # arguments() only needs the prefix
+    settle.prefix = prefix
+    now = int(time.time() * 1000)
+    keys, args = settle.arguments(plan, now, int((time.time() + 600) * 1_000_000))
+    client.set(state_redis_key(prefix, "credits:reference"),
+               encode_state({"remaining": huge, "refill": None, "refilledAt": 0}))
+    return LuaSettle.source(), tuple(keys), tuple(args)
 
 
 def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -376,3 +413,9 @@ def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         reference["added_by_round_trips"] = {
             "case": full["name"], "base": hit["name"], "us": full["us_per_req"] - hit["us_per_req"],
             "round_trips_per_req": full["round_trips_per_req"] - (hit["round_trips_per_req"] or 0)}
+        settle = reference.get("settle", {})
+        for tool in ("redis_benchmark", "keystile_lean"):
+            one = settle.get(tool, {}).get("us_per_call")
+            if one:
+                reference["added_by_round_trips"][f"per_settle_{tool}"] = (
+                    full["us_per_req"] - hit["us_per_req"]) / one

@@ -90,6 +90,19 @@ def format_redis_reference(reference: Row, mode: str) -> str:
     if "us_per_call" in lean:
         lines.append(f"  one EVALSHA round trip, single connection: {lean['us_per_call']:.1f} µs"
                      f" ({lean['client']}; server CPU {lean['server_cpu_us_per_call']:.1f} µs/call)")
+    settle = reference.get("settle")
+    if settle:
+        lines.append(f"  {settle['what']}:")
+        bench_settle, lean_settle = settle["redis_benchmark"], settle["keystile_lean"]
+        if "us_per_call" in bench_settle:
+            lines.append(f"    {bench_settle['us_per_call']:.1f} µs a call (redis-benchmark -c 1:"
+                         f" {bench_settle['rps']:,.0f} rps; server CPU"
+                         f" {bench_settle['server_cpu_us_per_call']:.1f} µs/call)")
+        else:
+            lines.append(f"    redis-benchmark skipped: {bench_settle['skipped']}")
+        if "us_per_call" in lean_settle:
+            lines.append(f"    {lean_settle['us_per_call']:.1f} µs a call (keystile's lean client;"
+                         f" server CPU {lean_settle['server_cpu_us_per_call']:.1f} µs/call)")
     per = "µs/req (1e6 / rps" + (" at the load generator's concurrency)" if mode == "http" else ")")
     for entry in reference.get("cases", []):
         ratios = [f"{entry['ratio_to_python']:.2f}x the Python one"]
@@ -107,6 +120,12 @@ def format_redis_reference(reference: Row, mode: str) -> str:
         lines.append(f"  {added['case']} - {added['base']}: {added['us']:.1f} µs/req (the permission"
                      f" query, the credit and limit decision, {added['round_trips_per_req']:.3f}"
                      " round trips)")
+        per_settle = [f"{added[f'per_settle_{tool}']:.2f}x the settle call by {name}"
+                      for tool, name in (("redis_benchmark", "redis-benchmark"),
+                                         ("keystile_lean", "the lean client alone"))
+                      if added.get(f"per_settle_{tool}") is not None]
+        if per_settle:
+            lines.append(f"    that is {', '.join(per_settle)}")
     return "\n".join(lines)
 
 

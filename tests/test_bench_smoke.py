@@ -123,6 +123,13 @@ def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_refer
         assert "not installed" in reference["redis_benchmark"]["skipped"]
     full = next(entry for entry in reference["cases"] if entry["name"] == REDIS_FULL)
     assert full["us_per_req"] == by_name[REDIS_FULL]["us_per_req"]
+    # The settle script as the full case calls it, on states under the run's prefix.
+    assert reference["settle"]["keystile_lean"]["us_per_call"] > 0
+    added = reference["added_by_round_trips"]
+    assert added["per_settle_keystile_lean"] == pytest.approx(
+        added["us"] / reference["settle"]["keystile_lean"]["us_per_call"])
+    if shutil.which("redis-benchmark"):
+        assert reference["settle"]["redis_benchmark"]["us_per_call"] > 0
 
     client = redis.Redis.from_url(redis_url)
     try:

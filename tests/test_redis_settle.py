@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
@@ -259,6 +260,23 @@ def test_lua_settle_matches_python_settle_on_random_plans(
     # the cases reach every branch, not only the easy ones
     assert min(codes[Code.VALID], codes[Code.RATE_LIMITED], codes[Code.USAGE_EXCEEDED]) >= 50, codes
     assert refills >= 20 and exceeded_with_reset >= 20, (refills, exceeded_with_reset)
+
+
+def test_the_packed_command_is_the_evalsha_of_the_arguments(lua: LuaSettle) -> None:
+    """The asyncio path packs EVALSHA itself, keeping all but ``now`` and the deadline
+    per plan: byte for byte what packing ``arguments`` afresh gives, every time."""
+    rng = random.Random(20261126)
+    sha = "f" * 40
+    for case in range(300):
+        plan, _, now = random_case(rng, case)
+        plan = Plan(plan.credits_key, plan.cost, plan.limits)  # a fresh memo
+        for _ in range(2):  # made, then from the memo
+            now += rng.randrange(10**6)
+            deadline = rng.choice((0, rng.randrange(10**17)))
+            keys, args = lua.arguments(plan, now, deadline)
+            expected = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+            assert lua.packed(plan, sha, now, deadline) == expected
+        assert len(plan.memo) == 1
 
 
 # -- focused tests ---------------------------------------------------------------------

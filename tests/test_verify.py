@@ -16,6 +16,7 @@ from keystile import (
     RatelimitConfig,
     Refill,
     Verifier,
+    VerifyRequest,
     VerifyResult,
     hash_key,
 )
@@ -294,6 +295,25 @@ def test_if_a_custom_cost_exceeds_the_balance_then_exceeded_and_the_balance_stay
 
     assert [(r.code, r.credits) for r in results] == [
         (Code.VALID, 2), (Code.USAGE_EXCEEDED, 2), (Code.VALID, 0), (Code.USAGE_EXCEEDED, 0)]
+
+
+def test_if_routes_ask_different_costs_and_limits_of_one_cached_key_then_each_gets_its_own(
+    ks: Keystile, api_id: str,
+) -> None:
+    # A cached record keeps the plan each request object needs (routes reuse theirs):
+    # alternating routes, and one-off requests beyond the memo's bound, must never
+    # get another request's plan.
+    created = ks.create_key(api_id, credits=10_000, ratelimits=[per_minute(10_000, "calls", auto=False)])
+    cheap, dear = VerifyRequest(), VerifyRequest(cost=3, ratelimits=("calls",))
+    verifier = ks.verifier
+    spent, calls = 0, 0
+    for i in range(30):
+        request = (cheap, dear)[i % 2] if i % 3 else VerifyRequest(cost=2)  # one-offs too
+        result = verifier.verify_request(created.key, request)
+        spent += 1 if request is cheap else request.cost
+        calls += request is dear
+        assert result.code is Code.VALID and result.credits == 10_000 - spent, i
+        assert [rl.remaining for rl in result.ratelimits] == ([10_000 - calls] if request is dear else [])
 
 
 def test_if_a_key_has_unlimited_credits_then_any_cost_is_valid_and_credits_are_absent(

@@ -26,12 +26,16 @@ import binascii
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from cachetools import FIFOCache
 
 from ._errors import ConfigurationError
 from ._forks import on_fork
 from ._models import KeyRecord, VerifyRequest, VerifyResult
+
+if TYPE_CHECKING:
+    from ._decide import Plan
 
 __all__ = ["Answer", "Entry", "RecordCache"]
 
@@ -40,13 +44,19 @@ Answer = tuple[int, VerifyRequest, VerifyResult]
 
 
 class Entry:
-    """A cached record (``None``: known not to exist) and its deadline (clock ms)."""
+    """A cached record (``None``: known not to exist) and its deadline (clock ms).
 
-    __slots__ = ("deadline", "record")
+    ``plans`` keeps the :class:`~keystile._decide.Plan` each request object needs of
+    the record (by the request's id, with the request itself so the id stays its
+    own), made once for the entry's life instead of once per verify.
+    """
+
+    __slots__ = ("deadline", "plans", "record")
 
     def __init__(self, record: KeyRecord | None, deadline: int) -> None:
         self.record = record
         self.deadline = deadline
+        self.plans: dict[int, tuple[VerifyRequest, Plan]] | None = None
 
 
 class RecordCache:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._credits import apply_refill, next_refill_moment
@@ -70,6 +70,9 @@ class Plan:
     credits_key: str | None
     cost: int
     limits: tuple[LimitCheck, ...]
+    #: What a store derives from the plan once and reuses while the plan lives (it is
+    #: kept for the cached record, see ``Entry.plans``): a store's own key in it.
+    memo: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def state_keys(self) -> list[str]:

@@ -431,6 +431,7 @@ class VerifyResult:
     @property
     def tightest_ratelimit(self) -> RatelimitResult | None:
         """The checked limit with the fewest remaining (for the RateLimit headers)."""
-        if not self.ratelimits:
-            return None
-        return min(self.ratelimits, key=lambda rl: (rl.remaining, rl.reset))
+        limits = self.ratelimits
+        if len(limits) < 2:
+            return limits[0] if limits else None
+        return min(limits, key=lambda rl: (rl.remaining, rl.reset))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -116,12 +117,18 @@ def _invalid_token() -> str:
     return f'{_REALM}, error="invalid_token"'
 
 
+@functools.lru_cache(maxsize=1024)
+def _quoted(name: str) -> str:
+    """A limit's name as a structured-field string (the same few names on every request)."""
+    return json.dumps(name)
+
+
 def ratelimit_headers(result: VerifyResult, now: int) -> list[tuple[str, str]]:
     """IETF ``RateLimit-Policy`` and ``RateLimit`` for the tightest checked limit."""
     limit = result.tightest_ratelimit
     if limit is None:
         return []
-    name = json.dumps(limit.name)
+    name = _quoted(limit.name)
     window = max(1, limit.duration // 1000)
     seconds = max(0, math.ceil((limit.reset - now) / 1000))
     return [

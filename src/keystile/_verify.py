@@ -40,6 +40,9 @@ __all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
 logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
+# Plans an entry keeps (one per request object: a route's, or a verify() call's own,
+# whose plan is then made again next time; the bound keeps those from piling up).
+_PLANS_PER_ENTRY: Final = 8
 #: The store trips of a verification, as the metrics and spans name them.
 OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
@@ -335,7 +338,15 @@ class Verifier(Driver):
                 self.cache.remember(raw, digest, entry, request, valid,
                                    lambda: self._keyspace_due(keyspace))
             return valid
-        plan = make_plan(record, request)
+        plans = entry.plans
+        known = plans.get(id(request)) if plans is not None else None
+        if known is not None and known[0] is request:
+            plan = known[1]
+        else:
+            plan = make_plan(record, request)
+            if plans is None or len(plans) >= _PLANS_PER_ENTRY:
+                plans = entry.plans = {}  # a new dict: a reader elsewhere keeps the old one
+            plans[id(request)] = (request, plan)
         if plan.empty:
             return build_result(Code.VALID, record)
         size = keyspace.lease if record.lease is None else record.lease

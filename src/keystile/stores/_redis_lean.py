@@ -287,10 +287,14 @@ class LeanClient:
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run ``script``; loaded first (in the same write) when the server lacks it."""
+        return await self.evalsha_packed(script, script.command(keys, args))
+
+    async def evalsha_packed(self, script: Script, command: bytes) -> Any:
+        """Run ``command``, an ``EVALSHA`` of ``script`` packed by the caller (who may
+        have kept most of it); loaded first (in the same write) when the server lacks it."""
         connection = self._connection
         if connection is None or connection.lost is not None:
             connection = await self.connection()
-        command = script.command(keys, args)
         reply = await connection.request(command)
         if type(reply) is _ReplyError and str(reply).startswith("NOSCRIPT"):
             # Not run at all: load it and run it again, one round trip for both.

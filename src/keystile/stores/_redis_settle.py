@@ -46,6 +46,12 @@ _LATE = -1
 _HEAD = 3  # code, credits (nil: none), credits reset (nil: none); then 2 numbers per limit
 
 
+def _bulk(value: str | int) -> bytes:
+    """One argument in the protocol's form (as ``hiredis.pack_command`` writes it)."""
+    data = b"%d" % value if type(value) is int else value.encode()  # type: ignore[union-attr]
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def state_redis_key(prefix: str, state_key: str) -> str:
     """The Redis key holding the dynamic state ``state_key``."""
     return f"{prefix}s:{state_key}"
@@ -98,6 +104,17 @@ class LuaSettle:
             args.append(int(deadline_us))
         return keys, args
 
+    def packed(self, plan: Plan, sha: str, now: int, deadline_us: int) -> bytes:
+        """``EVALSHA sha`` with :meth:`arguments`, packed: the parts that do not change
+        (all but ``now`` and the deadline) are packed once per plan and kept in its memo."""
+        parts = plan.memo.get(self)
+        if parts is None:
+            keys, args = self.arguments(plan, 0, 0)
+            head = [b"*%d\r\n" % (3 + len(keys) + len(args)), _bulk("EVALSHA"), _bulk(sha),
+                    _bulk(len(keys)), *map(_bulk, keys)]
+            parts = plan.memo[self] = (b"".join(head), b"".join(map(_bulk, args[1:-1])))
+        return b"%s%s%s%s" % (parts[0], _bulk(now), parts[1], _bulk(deadline_us))
+
     @staticmethod
     def settlement(plan: Plan, now: int, reply: list[Any]) -> Settlement:
         """The script's reply as a :class:`Settlement` (raises :class:`TooLate`)."""
@@ -111,10 +128,9 @@ class LuaSettle:
         for check in plan.limits:
             config = check.config
             duration = config.duration
-            ratelimits.append(RatelimitResult(
-                name=config.name, limit=config.limit, duration=duration, remaining=reply[at],
-                reset=(now // duration + 1) * duration, exceeded=reply[at + 1] == 1, id=config.id,
-                auto_apply=config.auto_apply))
+            ratelimits.append(RatelimitResult(  # by position: this runs on every settle
+                config.name, config.limit, duration, reply[at], (now // duration + 1) * duration,
+                reply[at + 1] == 1, config.id, config.auto_apply))
             at += 2
         return Settlement(_CODES[code], tuple(ratelimits), reply[1], reply[2])
 

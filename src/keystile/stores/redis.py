@@ -565,9 +565,10 @@ class _AsyncRedis:
             before = time.time()
             seconds, micros = await client.call(_TIME)
             store._note_offset(before, int(seconds), int(micros), time.time())
-        keys, args = store._settle.arguments(plan, now, store._deadline_us(store._offset_us))
+        script = self._settle
+        command = store._settle.packed(plan, script.sha, now, store._deadline_us(store._offset_us))
         try:
-            return LuaSettle.settlement(plan, now, await client.evalsha(self._settle, keys, args))
+            return LuaSettle.settlement(plan, now, await client.evalsha_packed(script, command))
         except TooLate as exc:
             raise StoreUnavailableError(f"Redis store: {exc}") from exc
 
