@@ -113,7 +113,9 @@ class LuaSettle:
             head = [b"*%d\r\n" % (3 + len(keys) + len(args)), _bulk("EVALSHA"), _bulk(sha),
                     _bulk(len(keys)), *map(_bulk, keys)]
             parts = plan.memo[self] = (b"".join(head), b"".join(map(_bulk, args[1:-1])))
-        return b"%s%s%s%s" % (parts[0], _bulk(now), parts[1], _bulk(deadline_us))
+        now_digits, deadline_digits = b"%d" % now, b"%d" % deadline_us
+        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+            parts[0], len(now_digits), now_digits, parts[1], len(deadline_digits), deadline_digits)
 
     @staticmethod
     def settlement(plan: Plan, now: int, reply: list[Any]) -> Settlement:
