@@ -72,9 +72,11 @@ def as_text(form: Callable[[State], bytes | str], state: State) -> str:
     return written.decode() if isinstance(written, bytes) else written
 
 
-def load(client: redis.Redis, prefix: str, states: dict[str, State | None]) -> None:
-    """Store ``states`` as the store writes them, now or in an earlier version; None: absent."""
-    form = next(_FORMS)
+def load(client: redis.Redis, prefix: str, states: dict[str, State | None],
+         form: Callable[[State], bytes | str] | None = None) -> None:
+    """Store ``states`` as the store writes them, now or in an earlier version (or in
+    ``form``); None: absent."""
+    form = form or next(_FORMS)
     pipe = client.pipeline(transaction=False)
     for key, state in states.items():
         pipe.delete(state_redis_key(prefix, key))
@@ -129,9 +131,10 @@ def moment(year: int, month: int, day: int) -> int:
 
 
 def assert_parity(client: redis.Redis, lua: LuaSettle, prefix: str, plan: Plan,
-                  states: dict[str, State | None], now: int) -> Settlement:
+                  states: dict[str, State | None], now: int,
+                  form: Callable[[State], bytes | str] | None = None) -> Settlement:
     """Load ``states``, settle with both, assert equal settlements and equal states after."""
-    load(client, prefix, states)
+    load(client, prefix, states, form)
     expected, after, writes = python_settle(plan, states, now)
     got = lua(plan, now)
     assert got == expected
@@ -277,6 +280,42 @@ def test_the_packed_command_is_the_evalsha_of_the_arguments(lua: LuaSettle) -> N
             expected = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
             assert lua.packed(plan, sha, now, deadline) == expected
         assert len(plan.memo) == 1
+
+
+def sorted_keys(state: State) -> str:
+    """JSON in no canonical form (members sorted): every state is decoded, not matched."""
+    return json.dumps(state, sort_keys=True)
+
+
+def test_lua_settle_matches_python_settle_on_states_in_no_canonical_form(
+    client: redis.Redis, lua: LuaSettle, prefix: str
+) -> None:
+    rng = random.Random(20260316)
+    codes: collections.Counter[Code] = collections.Counter()
+    for case in range(200):
+        plan, states, now = random_case(rng, case)
+        codes[assert_parity(client, lua, prefix, plan, states, now, sorted_keys).code] += 1
+    assert min(codes[Code.VALID], codes[Code.RATE_LIMITED], codes[Code.USAGE_EXCEEDED]) >= 10, codes
+
+
+def test_numbers_with_leading_zeros_are_written_as_integers(
+    client: redis.Redis, lua: LuaSettle, prefix: str
+) -> None:
+    # Not JSON, but the canonical patterns read them: written back as %d writes them,
+    # not copied (the script copies the text of a number only when it is that already).
+    window = check("a", 100, 60_000)
+    plan = Plan(None, 1, (window,))
+    seq = NOW // 60_000
+    key = state_redis_key(prefix, window.state_key)
+    for stored, written in (
+        (f'{{"seq":{seq},"cur":3,"prev":007}}', f'{{"seq":{seq},"cur":4,"prev":7}}'),
+        (f'{{"seq":0{seq},"cur":3,"prev":0}}', f'{{"seq":{seq},"cur":4,"prev":0}}'),
+        (f'{{"seq":{seq - 1},"cur":05,"prev":1}}', f'{{"seq":{seq},"cur":1,"prev":5}}'),
+        (f'{{"seq":{seq},"cur":3,"prev":10}}', f'{{"seq":{seq},"cur":4,"prev":10}}'),
+    ):
+        client.set(key, stored)
+        assert lua(plan, NOW).code is Code.VALID
+        assert client.get(key) == written.encode()
 
 
 # -- focused tests ---------------------------------------------------------------------
