@@ -31,6 +31,7 @@ from ._models import (
     RatelimitResult,
     VerifyRequest,
     VerifyResult,
+    quick_init,
 )
 from ._ratelimit import check_window
 
@@ -86,6 +87,7 @@ class Plan:
         return self.credits_key is None and not self.limits
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Settlement:
     code: Code
@@ -244,20 +246,13 @@ def build_result(
     """The :class:`VerifyResult` for ``code``; NOT_FOUND carries no key information."""
     if record is None or code is Code.NOT_FOUND:
         return VerifyResult(valid=False, code=Code.NOT_FOUND)
-    return VerifyResult(
-        valid=code is Code.VALID,
-        code=code,
-        key_id=record.key_id,
-        keyspace_id=record.keyspace_id,
-        api_id=record.api_id,
-        name=record.name,
-        meta=record.meta,
-        expires=record.expires,
-        credits=settlement.credits if settlement else None,
-        enabled=record.enabled,
-        roles=record.roles,
-        permissions=record.permissions,
-        identity=record.identity,
-        ratelimits=settlement.ratelimits if settlement else (),
-        credits_reset=settlement.credits_reset if settlement else None,
-    )
+    ratelimits: tuple[RatelimitResult, ...]
+    if settlement is None:
+        credits, ratelimits, credits_reset = None, (), None
+    else:
+        credits, ratelimits = settlement.credits, settlement.ratelimits
+        credits_reset = settlement.credits_reset
+    return VerifyResult(  # by position (valid, code, key_id, ...): this runs on every verify that spends
+        code is Code.VALID, code, record.key_id, record.keyspace_id, record.api_id, record.name,
+        record.meta, record.expires, credits, record.enabled, record.roles, record.permissions,
+        record.identity, ratelimits, credits_reset)

@@ -6,14 +6,48 @@ Unkey's camelCase field names, omitting unset optional fields as Unkey does.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ._errors import PermissionQueryError, ValidationError
 from ._permissions import parse_query
+
+_T = TypeVar("_T")
+
+
+def quick_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen dataclass (one built on every verify) a faster ``__init__``.
+
+    The ``__init__`` that :mod:`dataclasses` writes for a frozen class looks
+    ``object.__setattr__`` up again for every field; this one, otherwise the same
+    (same parameters, defaults and order), has it at hand: about a quarter less per
+    object, and a spending verify builds several. Only for fields without a factory,
+    ``init=False`` or ``__post_init__`` (checked).
+    """
+    if "__post_init__" in vars(cls):
+        raise TypeError(f"{cls.__name__} has a __post_init__")
+    params: list[str] = []
+    body: list[str] = []
+    namespace: dict[str, Any] = {"_set": object.__setattr__}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if spec.default_factory is not dataclasses.MISSING or not spec.init:
+            raise TypeError(f"{cls.__name__}.{spec.name}: a factory or init=False")
+        if spec.default is dataclasses.MISSING:
+            params.append(spec.name)
+        else:
+            namespace[f"_default_{spec.name}"] = spec.default
+            params.append(f"{spec.name}=_default_{spec.name}")
+        body.append(f"    _set(self, {spec.name!r}, {spec.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
+    return cls
 
 __all__ = [
     "Api",
@@ -357,6 +391,7 @@ def _check_ratelimit_spec(spec: str | Mapping[str, Any]) -> None:
         raise ValidationError(f"rate limit {name!r}: duration must be 1 ms or more")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RatelimitResult:
     """One rate limit as checked by a verify; ``reset`` is the window end (Unix ms)."""
@@ -383,6 +418,7 @@ class RatelimitResult:
         }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     """The outcome of a verification, with Unkey's field set.
