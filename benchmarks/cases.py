@@ -58,6 +58,7 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
     ideal: str | None = None  # the ideal case to compare with, if not its framework's first
     unavailable: Callable[[], str | None] | None = None  # why a service it needs is missing
+    references: tuple[str, ...] = ()  # cases always run beside it, to compare it with
 
     def missing_modules(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -197,6 +198,41 @@ def _redis(key: Literal["plain", "full"], *, lease: int = 0,
     return build
 
 
+def _redis_settle_floor(fixture: Fixture) -> Target:
+    """Bare Starlette whose route makes the exact path's round trip itself, without any
+    auth: the settle script with redis-full's arguments (a limit and credits, with a
+    deadline) on keystile's lean client, on states of its own. What redis-full costs
+    beyond this is keystile's work around its one round trip."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from keystile._loops import PerLoop
+    from keystile.stores._redis_lean import LeanClient, Script, target_from_url
+
+    fixture.redis()  # the fixture's prefix is in use: close() deletes the states below
+    url = redisbench.redis_url()
+    client = redisbench.sync_client(url)
+    try:
+        source, keys, args = redisbench.settle_call(client, fixture.redis_prefix)
+    finally:
+        client.close()
+    script = Script(source)
+
+    async def close(client: LeanClient) -> None:
+        client.close()
+
+    # As keystile's Redis store keeps its own: one client per loop, closed when it ends.
+    clients = PerLoop(lambda: LeanClient(target_from_url(url, 2.0)), close)
+
+    async def settle_then_ok(request: Request) -> JSONResponse:
+        client = clients.current() or await clients.get()
+        await client.evalsha(script, keys, args)
+        return JSONResponse({"ok": True})
+
+    return Target(starlette_app(endpoint=settle_then_ok), (), None, missing_status=200,
+                  round_trips=True)
+
+
 def _remote(key: Literal["plain", "full"]) -> Callable[[Fixture], Target]:
     """keystile's middleware on Starlette with ``store="unkey+http://…"`` (the remote
     backend) in front of the fixture's ``keystile serve``, its forwards counted.
@@ -268,7 +304,11 @@ CASES: tuple[Case, ...] = (
     Case("starlette-keystile-redis-full", "starlette", "keystile", _redis("full"),
          requires=REDIS_MODULES, unavailable=redisbench.unavailable,
          description="redis://, cache hit + permission query + credits + auto rate limit"
-                     " (exact: settled in Redis)"),
+                     " (exact: settled in Redis)", references=("starlette-bare-redis-settle",)),
+    Case("starlette-bare-redis-settle", "starlette", "bare", _redis_settle_floor,
+         requires=REDIS_MODULES, unavailable=redisbench.unavailable,
+         description="no auth: the route makes redis-full's settle call itself (lean client,"
+                     " same script and arguments): the floor of the exact path"),
     Case("starlette-keystile-redis-leased", "starlette", "keystile", _redis("full", lease=LEASE),
          requires=REDIS_MODULES, unavailable=redisbench.unavailable,
          description=f"redis://, as redis-full with the key in leased mode (lease={LEASE})"),
@@ -330,13 +370,13 @@ def needs_remote(case: Case) -> bool:
 
 
 def select(patterns: list[str] | None, *, http: bool) -> tuple[list[Case], list[tuple[Case, str]]]:
-    """The cases to run (baselines, and the ideal a case names, always added) and the
-    skipped ones with the reason."""
+    """The cases to run (baselines, and the ideal and references a case names, always
+    added) and the skipped ones with the reason."""
     chosen = [c for c in CASES if not patterns or any(p in c.name for p in patterns)]
     frameworks = {c.framework for c in chosen} | {"starlette"}
     wanted = {c.name for c in chosen} | {
-        c.name for c in CASES if c.kind == "bare" and c.framework in frameworks} | {
-        c.ideal for c in chosen if c.ideal}
+        c.name for c in CASES if c.kind == "bare" and c.framework in frameworks and c.unavailable is None
+    } | {c.ideal for c in chosen if c.ideal} | {name for c in chosen for name in c.references}
     run: list[Case] = []
     skipped: list[tuple[Case, str]] = []
     for case in CASES:

@@ -50,9 +50,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "ACTIVE", "COUNTER_PATH", "ENV", "CountedApp", "RoundTrips", "ServerCpu", "compare",
-    "counting_sends",
-    "drop_prefix", "new_prefix", "public_url", "redis_url", "reference", "unavailable",
-    "with_prefix",
+    "counting_sends", "drop_prefix", "new_prefix", "public_url", "redis_url", "reference",
+    "settle_call", "sync_client", "unavailable", "with_prefix",
 ]
 
 ENV = "KEYSTILE_BENCH_REDIS"
@@ -88,7 +87,7 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
 
 
-def _client(url: str) -> Any:
+def sync_client(url: str) -> Any:
     import redis
 
     # Only redis-py's own options: keystile's (prefix, timeout) are not for redis-py.
@@ -101,7 +100,7 @@ def _client(url: str) -> Any:
 @functools.cache
 def _unavailable(url: str) -> str | None:
     try:
-        client = _client(url)
+        client = sync_client(url)
         try:
             client.ping()
         finally:
@@ -118,7 +117,7 @@ def unavailable() -> str | None:
 
 def drop_prefix(url: str, prefix: str) -> int:
     """Delete every key under ``prefix``; the number deleted."""
-    client = _client(url)
+    client = sync_client(url)
     try:
         deleted = 0
         batch: list[bytes] = []
@@ -138,7 +137,7 @@ class ServerCpu:
     """The Redis server's CPU time so far (µs, user + system), read with ``INFO cpu``."""
 
     def __init__(self, url: str) -> None:
-        self.client = _client(url)
+        self.client = sync_client(url)
 
     def __call__(self) -> float:
         cpu = self.client.info("cpu")
@@ -337,9 +336,9 @@ async def _lean_async(url: str, calls: int, cpu: ServerCpu, source: str = TRIVIA
 
 def reference(url: str, *, quick: bool, prefix: str | None = None) -> dict[str, Any]:
     """One EVALSHA of a trivial script, one connection, one call at a time; with
-    ``prefix``, also keystile's settle script as the full case calls it (:func:`_settle_call`),
+    ``prefix``, also keystile's settle script as the full case calls it (:func:`settle_call`),
     on states under ``prefix``."""
-    client = _client(url)
+    client = sync_client(url)
     cpu = ServerCpu(url)
     try:
         sha = client.script_load(TRIVIAL_SCRIPT)
@@ -353,7 +352,7 @@ def reference(url: str, *, quick: bool, prefix: str | None = None) -> dict[str, 
             "keystile_lean": asyncio.run(_lean_async(url, calls, cpu)),
         }
         if prefix is not None:
-            source, keys, args = _settle_call(client, prefix)
+            source, keys, args = settle_call(client, prefix)
             settle_sha = client.script_load(source)
             call = (str(len(keys)), *keys, *map(str, args))
             found["settle"] = {
@@ -368,7 +367,7 @@ def reference(url: str, *, quick: bool, prefix: str | None = None) -> dict[str, 
         cpu.close()
 
 
-def _settle_call(client: Any, prefix: str) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
+def settle_call(client: Any, prefix: str) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
     """The settle script, KEYS and ARGV of the full case's verify (a limit and credits
     that never run out), on states of its own under ``prefix`` (the credits written)."""
     from keystile import RatelimitConfig
@@ -381,7 +380,8 @@ def _settle_call(client: Any, prefix: str) -> tuple[str, tuple[str, ...], tuple[
     settle = LuaSettle.__new__(LuaSettle)  # arguments() only needs the prefix
     settle.prefix = prefix
     now = int(time.time() * 1000)
-    keys, args = settle.arguments(plan, now, int((time.time() + 600) * 1_000_000))
+    # A deadline the script checks (TIME, as on every settle) that a long run never passes.
+    keys, args = settle.arguments(plan, now, int((time.time() + 86_400 * 365) * 1_000_000))
     client.set(state_redis_key(prefix, "credits:reference"),
                encode_state({"remaining": huge, "refill": None, "refilledAt": 0}))
     return LuaSettle.source(), tuple(keys), tuple(args)
@@ -413,6 +413,12 @@ def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         reference["added_by_round_trips"] = {
             "case": full["name"], "base": hit["name"], "us": full["us_per_req"] - hit["us_per_req"],
             "round_trips_per_req": full["round_trips_per_req"] - (hit["round_trips_per_req"] or 0)}
+        floor = by_name.get("starlette-bare-redis-settle")
+        if floor is not None:
+            reference["exact_path_floor"] = {
+                "case": full["name"], "floor": floor["name"], "us": full["us_per_req"],
+                "floor_us": floor["us_per_req"], "ratio": full["us_per_req"] / floor["us_per_req"],
+                "added_us": full["us_per_req"] - floor["us_per_req"]}
         settle = reference.get("settle", {})
         for tool in ("redis_benchmark", "keystile_lean"):
             one = settle.get(tool, {}).get("us_per_call")

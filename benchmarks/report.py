@@ -126,6 +126,11 @@ def format_redis_reference(reference: Row, mode: str) -> str:
                       if added.get(f"per_settle_{tool}") is not None]
         if per_settle:
             lines.append(f"    that is {', '.join(per_settle)}")
+    floor = reference.get("exact_path_floor")
+    if floor:
+        lines.append(f"  {floor['case']} against {floor['floor']} (the same settle call from a bare"
+                     f" route, no auth): {floor['ratio']:.2f}x its time per request,"
+                     f" {floor['added_us']:+.1f} µs: keystile's work around its one round trip")
     return "\n".join(lines)
 
 

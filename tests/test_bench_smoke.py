@@ -112,6 +112,8 @@ def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_refer
     assert 0 <= by_name[REDIS_LEASED]["round_trips_per_req"] < 1
     assert by_name[REDIS_FULL]["round_trips"] == {**by_name[REDIS_FULL]["round_trips"],
                                                  "sent": 40, "requests": 40}
+    # The floor of the exact path: the same settle call from a bare route, one trip each.
+    assert by_name["starlette-bare-redis-settle"]["round_trips_per_req"] == 1
     assert by_name["starlette-bare"]["round_trips_per_req"] is None
 
     reference = doc["redis_reference"]
@@ -130,6 +132,9 @@ def test_redis_cases_count_their_round_trips_and_report_one_evalsha_as_the_refer
         added["us"] / reference["settle"]["keystile_lean"]["us_per_call"])
     if shutil.which("redis-benchmark"):
         assert reference["settle"]["redis_benchmark"]["us_per_call"] > 0
+    floor = reference["exact_path_floor"]
+    assert floor["ratio"] == pytest.approx(
+        by_name[REDIS_FULL]["us_per_req"] / by_name["starlette-bare-redis-settle"]["us_per_req"])
 
     client = redis.Redis.from_url(redis_url)
     try:
