@@ -43,7 +43,7 @@ def test_every_field_is_set_by_position_or_name_and_stays_frozen(cls: type[Any])
 def test_a_result_is_built_as_before() -> None:
     result = VerifyResult(valid=False, code=Code.NOT_FOUND)
     assert (result.valid, result.code, result.key_id, result.ratelimits) == (False, Code.NOT_FOUND, None, ())
-    assert result == dataclasses.replace(result)
+    assert dataclasses.replace(result, key_id="key_1") == VerifyResult(False, Code.NOT_FOUND, "key_1")
 
 
 def test_classes_it_cannot_serve_are_refused() -> None:
@@ -61,3 +61,31 @@ def test_classes_it_cannot_serve_are_refused() -> None:
     for cls in (WithFactory, WithPostInit):
         with pytest.raises(TypeError):
             quick_init(cls)
+
+
+def test_kw_only_initvar_and_inherited_post_init_are_refused() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class KwOnly:
+        value: int
+
+    @dataclasses.dataclass(frozen=True)
+    class WithInitVar:
+        value: int
+        extra: dataclasses.InitVar[int] = 0
+
+    @dataclasses.dataclass(frozen=True)
+    class Base:
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Child(Base):
+        value: int = 0
+
+    for cls in (KwOnly, WithInitVar, Child):
+        with pytest.raises(TypeError):
+            quick_init(cls)
+
+
+def test_the_init_is_in_its_class_module() -> None:
+    assert VerifyResult.__init__.__module__ == VerifyResult.__module__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from keystile import (
     VerifyResult,
     hash_key,
 )
+from keystile._verify import lasting
 
 if TYPE_CHECKING:
     from conftest import Clock
@@ -300,11 +302,10 @@ def test_if_a_custom_cost_exceeds_the_balance_then_exceeded_and_the_balance_stay
 def test_if_routes_ask_different_costs_and_limits_of_one_cached_key_then_each_gets_its_own(
     ks: Keystile, api_id: str,
 ) -> None:
-    # A cached record keeps the plan each request object needs (routes reuse theirs):
-    # alternating routes, and one-off requests beyond the memo's bound, must never
-    # get another request's plan.
+    # A cached record keeps the plan each route's request object needs: alternating
+    # routes, and one-off requests between them, must never get another request's plan.
     created = ks.create_key(api_id, credits=10_000, ratelimits=[per_minute(10_000, "calls", auto=False)])
-    cheap, dear = VerifyRequest(), VerifyRequest(cost=3, ratelimits=("calls",))
+    cheap, dear = lasting(VerifyRequest()), lasting(VerifyRequest(cost=3, ratelimits=("calls",)))
     verifier = ks.verifier
     spent, calls = 0, 0
     for i in range(30):
@@ -314,6 +315,11 @@ def test_if_routes_ask_different_costs_and_limits_of_one_cached_key_then_each_ge
         calls += request is dear
         assert result.code is Code.VALID and result.credits == 10_000 - spent, i
         assert [rl.remaining for rl in result.ratelimits] == ([10_000 - calls] if request is dear else [])
+    # Only the routes' plans are kept with the record: a one-off request's would only fill memory.
+    entry = verifier.cache.fresh(hashlib.sha256(created.key.encode()).digest(), verifier.now())
+    assert entry is not None and entry.plans is not None
+    assert {kept for kept, _ in entry.plans.values()} == {cheap, dear}
+    assert all(kept is cheap or kept is dear for kept, _ in entry.plans.values())
 
 
 def test_if_a_key_has_unlimited_credits_then_any_cost_is_valid_and_credits_are_absent(
@@ -688,3 +694,19 @@ def test_if_8_threads_spend_from_one_key_then_exactly_its_credits_are_valid(
     assert codes.count(Code.VALID) == 100
     assert codes.count(Code.USAGE_EXCEEDED) == 100
     ks.close()
+
+
+def test_if_a_rate_limit_spec_given_as_a_dict_changes_later_then_the_request_does_not(
+    ks: Keystile, api_id: str,
+) -> None:
+    # The plan of a request object is kept with the cached record: the request is copied
+    # read-only at construction, so a caller's later change cannot go unnoticed or stale.
+    created = ks.create_key(api_id, ratelimits=[per_minute(100, "calls", auto=False)])
+    spec = {"name": "calls", "cost": 1}
+    request = VerifyRequest(ratelimits=(spec,))
+    spec["cost"] = 10
+    first = ks.verifier.verify_request(created.key, request)
+    second = ks.verifier.verify_request(created.key, request)
+    assert [rl.remaining for rl in (*first.ratelimits, *second.ratelimits)] == [99, 98]
+    with pytest.raises(TypeError):
+        request.ratelimits[0]["cost"] = 5  # type: ignore[index]

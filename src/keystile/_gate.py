@@ -31,7 +31,7 @@ from ._manage import Keystile
 from ._models import VerifyRequest, VerifyResult
 from ._problem import Problem
 from ._remote import RemoteVerifier, is_remote_url
-from ._verify import Verifier
+from ._verify import Verifier, lasting
 from .stores import Store
 
 __all__ = ["VERIFIER_SCOPE_KEY", "Extractor", "Gate"]
@@ -81,8 +81,8 @@ class Gate:
         self.allow_anonymous = allow_anonymous
         # VerifyRequest checks the query, the cost and the limits: a bad one fails
         # here, at startup, not on a request.
-        self.request = VerifyRequest(permissions=permissions, cost=cost,
-                                     ratelimits=tuple(ratelimits), api_id=api_id)
+        self.request = lasting(VerifyRequest(permissions=permissions, cost=cost,
+                                             ratelimits=tuple(ratelimits), api_id=api_id))
         if api_id is not None and isinstance(self.verifier, RemoteVerifier):
             raise ConfigurationError(
                 "api_id is not checked by the remote backend: give it a root key limited to "

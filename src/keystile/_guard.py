@@ -25,7 +25,7 @@ from ._middleware import Principals
 from ._models import Code, VerifyRequest, VerifyResult
 from ._permissions import parse_query
 from ._problem import Problem
-from ._verify import Step, Verifier
+from ._verify import Step, Verifier, lasting
 from .stores import Store, check_store_url
 
 __all__ = ["RouteGuard", "problem_response"]
@@ -40,11 +40,11 @@ class RouteGuard:
                  ratelimits: Sequence[str | Mapping[str, Any]], api_id: str | None,
                  store: Store | str | None, verifier: Verifier | Keystile | None,
                  header: str, fail_policy: str = "closed", stale_max_age: float = 300.0) -> None:
-        self.request = VerifyRequest(permissions=permissions, cost=cost,
-                                     ratelimits=tuple(ratelimits), api_id=api_id)
+        self.request = lasting(VerifyRequest(permissions=permissions, cost=cost,
+                                             ratelimits=tuple(ratelimits), api_id=api_id))
         # After the middleware: only what the route adds, without auto-applied limits.
-        self.extra = None if cost is None and not ratelimits else VerifyRequest(
-            cost=cost or 0, ratelimits=tuple(ratelimits), auto_apply=False)
+        self.extra = None if cost is None and not ratelimits else lasting(VerifyRequest(
+            cost=cost or 0, ratelimits=tuple(ratelimits), auto_apply=False))
         self.query = parse_query(permissions) if permissions else None
         if isinstance(store, str):
             check_store_url(store)  # a wrong URL fails at import; the store opens on first use

@@ -11,6 +11,7 @@ import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from ._errors import PermissionQueryError, ValidationError
@@ -28,14 +29,16 @@ def quick_init(cls: type[_T]) -> type[_T]:
     object, and a spending verify builds several. Only for fields without a factory,
     ``init=False`` or ``__post_init__`` (checked).
     """
-    if "__post_init__" in vars(cls):
+    if hasattr(cls, "__post_init__"):  # its own or inherited: dataclasses calls either
         raise TypeError(f"{cls.__name__} has a __post_init__")
+    if len(cls.__dataclass_fields__) != len(dataclasses.fields(cls)):  # type: ignore[attr-defined,arg-type]
+        raise TypeError(f"{cls.__name__} has an InitVar")
     params: list[str] = []
     body: list[str] = []
     namespace: dict[str, Any] = {"_set": object.__setattr__}
     for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if spec.default_factory is not dataclasses.MISSING or not spec.init:
-            raise TypeError(f"{cls.__name__}.{spec.name}: a factory or init=False")
+        if spec.default_factory is not dataclasses.MISSING or not spec.init or spec.kw_only:
+            raise TypeError(f"{cls.__name__}.{spec.name}: a factory, init=False or kw_only")
         if spec.default is dataclasses.MISSING:
             params.append(spec.name)
         else:
@@ -45,6 +48,7 @@ def quick_init(cls: type[_T]) -> type[_T]:
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
     init.__doc__ = cls.__init__.__doc__
     setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
     return cls
@@ -367,7 +371,11 @@ class VerifyRequest:
             raise ValidationError("cost must be an integer, 0 or more")
         if isinstance(self.ratelimits, (str, Mapping)):
             object.__setattr__(self, "ratelimits", (self.ratelimits,))
-        object.__setattr__(self, "ratelimits", tuple(self.ratelimits))
+        # A spec given as a mapping is copied read-only: a plan made of this request is
+        # kept with the cached record (Entry.plans), so the request must not change.
+        object.__setattr__(self, "ratelimits", tuple(
+            spec if isinstance(spec, str) or not isinstance(spec, Mapping)
+            else MappingProxyType(dict(spec)) for spec in self.ratelimits))
         for spec in self.ratelimits:
             _check_ratelimit_spec(spec)
 

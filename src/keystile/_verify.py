@@ -40,9 +40,19 @@ __all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
 logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
-# Plans an entry keeps (one per request object: a route's, or a verify() call's own,
-# whose plan is then made again next time; the bound keeps those from piling up).
-_PLANS_PER_ENTRY: Final = 8
+# Plans an entry keeps: one per long-lived request object (a route's; see lasting()).
+_PLANS_PER_ENTRY: Final = 32
+#: The request objects that live as long as the app (a middleware's, a route's), by id:
+#: only their plans are kept with cached records. A verify() call's own request is made
+#: for that call, and keeping its plan would only fill memory.
+_LASTING: dict[int, VerifyRequest] = {}
+
+
+def lasting(request: VerifyRequest) -> VerifyRequest:
+    """Mark ``request`` as one that is verified again and again (a route's requirements),
+    so cached records keep the plan it needs; returns it. Held for the process's life."""
+    _LASTING[id(request)] = request
+    return request
 #: The store trips of a verification, as the metrics and spans name them.
 OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
@@ -344,9 +354,10 @@ class Verifier(Driver):
             plan = known[1]
         else:
             plan = make_plan(record, request)
-            if plans is None or len(plans) >= _PLANS_PER_ENTRY:
-                plans = entry.plans = {}  # a new dict: a reader elsewhere keeps the old one
-            plans[id(request)] = (request, plan)
+            if _LASTING.get(id(request)) is request:
+                if plans is None or len(plans) >= _PLANS_PER_ENTRY:
+                    plans = entry.plans = {}  # a new dict: a reader elsewhere keeps the old one
+                plans[id(request)] = (request, plan)
         if plan.empty:
             return build_result(Code.VALID, record)
         size = keyspace.lease if record.lease is None else record.lease
