@@ -377,8 +377,7 @@ def settle_call(client: Any, prefix: str) -> tuple[str, tuple[str, ...], tuple[i
     huge = 10**12
     config = RatelimitConfig("requests", limit=huge, duration=60_000, auto_apply=True)
     plan = Plan("credits:reference", 1, (LimitCheck("rl:reference:requests:60000", config, 1),))
-    settle = LuaSettle.__new__(LuaSettle)  # arguments() only needs the prefix
-    settle.prefix = prefix
+    settle = LuaSettle(client, prefix)
     now = int(time.time() * 1000)
     # A deadline the script checks (TIME, as on every settle) that a long run never passes.
     keys, args = settle.arguments(plan, now, int((time.time() + 86_400 * 365) * 1_000_000))
@@ -423,5 +422,5 @@ def compare(reference: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         for tool in ("redis_benchmark", "keystile_lean"):
             one = settle.get(tool, {}).get("us_per_call")
             if one:
-                reference["added_by_round_trips"][f"per_settle_{tool}"] = (
-                    full["us_per_req"] - hit["us_per_req"]) / one
+                added = reference["added_by_round_trips"]
+                added[f"per_settle_{tool}"] = added["us"] / one

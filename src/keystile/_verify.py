@@ -40,6 +40,9 @@ __all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
 logger = logging.getLogger("keystile")
 
 _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
+#: The store trips of a verification, as the metrics and spans name them.
+OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
+_sha256 = hashlib.sha256
 # Plans an entry keeps: one per long-lived request object (a route's; see lasting()).
 _PLANS_PER_ENTRY: Final = 32
 #: The request objects that live as long as the app (a middleware's, a route's), by id:
@@ -53,9 +56,6 @@ def lasting(request: VerifyRequest) -> VerifyRequest:
     so cached records keep the plan it needs; returns it. Held for the process's life."""
     _LASTING[id(request)] = request
     return request
-#: The store trips of a verification, as the metrics and spans name them.
-OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
-_sha256 = hashlib.sha256
 
 
 class Driver(abc.ABC):
