@@ -305,6 +305,11 @@ CASES: tuple[Case, ...] = (
          requires=REDIS_MODULES, unavailable=redisbench.unavailable,
          description="redis://, cache hit + permission query + credits + auto rate limit"
                      " (exact: settled in Redis)", references=("starlette-bare-redis-settle",)),
+    Case("starlette-keystile-redis-full-noanalytics", "starlette", "keystile",
+         _redis("full", analytics=False), requires=REDIS_MODULES,
+         unavailable=redisbench.unavailable,
+         description="as redis-full with analytics=False: what recording every verification"
+                     " costs beside the settle"),
     Case("starlette-bare-redis-settle", "starlette", "bare", _redis_settle_floor,
          requires=REDIS_MODULES, unavailable=redisbench.unavailable,
          description="no auth: the route makes redis-full's settle call itself (lean client,"

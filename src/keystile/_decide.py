@@ -31,7 +31,7 @@ from ._models import (
     RatelimitResult,
     VerifyRequest,
     VerifyResult,
-    quick_init,
+    builder,
 )
 from ._ratelimit import check_window
 
@@ -43,6 +43,8 @@ __all__ = [
     "credits_state_key",
     "decide_static",
     "make_plan",
+    "new_ratelimit_result",
+    "new_settlement",
     "settle",
 ]
 
@@ -87,13 +89,18 @@ class Plan:
         return self.credits_key is None and not self.limits
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Settlement:
     code: Code
     ratelimits: tuple[RatelimitResult, ...]
     credits: int | None
     credits_reset: int | None = None  # next refill (Unix ms), when one is scheduled
+
+
+# Constructors for the hot paths: every field by position (see builder).
+new_settlement = builder(Settlement)
+new_ratelimit_result = builder(RatelimitResult)
+_new_result = builder(VerifyResult)
 
 
 def decide_static(
@@ -195,20 +202,20 @@ def settle(
     stored = states.get(plan.credits_key) if plan.credits_key else None
     if plan.credits_key is None or stored is None or stored.get("remaining") is None:
         if limited:
-            return Settlement(Code.RATE_LIMITED, _untaken(plan, results), None), {}
-        return Settlement(Code.VALID, results, None), writes
+            return new_settlement(Code.RATE_LIMITED, _untaken(plan, results), None, None), {}
+        return new_settlement(Code.VALID, results, None, None), writes
     credit_state = apply_refill(stored, now)
     remaining: int = credit_state["remaining"]
     if limited:
-        return Settlement(Code.RATE_LIMITED, _untaken(plan, results), remaining), {}
+        return new_settlement(Code.RATE_LIMITED, _untaken(plan, results), remaining, None), {}
     if remaining < plan.cost:
         refill = credit_state.get("refill")
         reset = next_refill_moment(refill, now) if refill else None
-        return Settlement(Code.USAGE_EXCEEDED, _untaken(plan, results), remaining, reset), {}
+        return new_settlement(Code.USAGE_EXCEEDED, _untaken(plan, results), remaining, reset), {}
     if plan.cost or credit_state is not stored:
         remaining -= plan.cost
         writes[plan.credits_key] = {**credit_state, "remaining": remaining}
-    return Settlement(Code.VALID, results, remaining), writes
+    return new_settlement(Code.VALID, results, remaining, None), writes
 
 
 def _untaken(plan: Plan, results: tuple[RatelimitResult, ...]) -> tuple[RatelimitResult, ...]:
@@ -229,11 +236,9 @@ def _check_limits(
         config = check.config
         outcome = check_window(states.get(check.state_key), limit=config.limit,
                                duration=config.duration, cost=check.cost, now=now)
-        results.append(RatelimitResult(
-            name=config.name, limit=config.limit, duration=config.duration,
-            remaining=outcome.remaining, reset=outcome.reset, exceeded=not outcome.allowed,
-            id=config.id, auto_apply=config.auto_apply,
-        ))
+        results.append(new_ratelimit_result(  # by position, in field order
+            config.name, config.limit, config.duration, outcome.remaining, outcome.reset,
+            not outcome.allowed, config.id, config.auto_apply))
         limited = limited or not outcome.allowed
         if outcome.new_state is not None:
             writes[check.state_key] = outcome.new_state
@@ -252,7 +257,7 @@ def build_result(
     else:
         credits, ratelimits = settlement.credits, settlement.ratelimits
         credits_reset = settlement.credits_reset
-    return VerifyResult(  # by position (valid, code, key_id, ...): this runs on every verify that spends
+    return _new_result(  # by position (valid, code, key_id, ...): this runs on every verify that spends
         code is Code.VALID, code, record.key_id, record.keyspace_id, record.api_id, record.name,
         record.meta, record.expires, credits, record.enabled, record.roles, record.permissions,
         record.identity, ratelimits, credits_reset)

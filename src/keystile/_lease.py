@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._credits import apply_refill, next_refill_moment
-from ._decide import LimitCheck, Plan, Settlement, State
+from ._decide import LimitCheck, Plan, Settlement, State, new_ratelimit_result, new_settlement
 from ._forks import on_fork
 from ._models import Code, RatelimitResult
 from ._ratelimit import window_counts
@@ -71,7 +71,7 @@ class Leases:
                 lease = self.held[plan.credits_key]
                 lease.balance -= plan.cost
                 credits = lease.base + lease.balance
-            return Settlement(Code.VALID, tuple(results), credits)
+            return new_settlement(Code.VALID, tuple(results), credits, None)
 
     def lacking(self, plan: Plan, now: int) -> dict[str, int]:
         """State key -> units still needed, for every lease that cannot cover ``plan``."""
@@ -163,9 +163,8 @@ def release(leases: Mapping[str, Lease], states: Mapping[str, State | None]) -> 
 
 def _result(check: LimitCheck, remaining: int, reset: int, exceeded: bool = False) -> RatelimitResult:
     config = check.config
-    return RatelimitResult(name=config.name, limit=config.limit, duration=config.duration,
-                           remaining=remaining, reset=reset, exceeded=exceeded, id=config.id,
-                           auto_apply=config.auto_apply)
+    return new_ratelimit_result(config.name, config.limit, config.duration, remaining, reset,
+                                exceeded, config.id, config.auto_apply)
 
 
 def _limited(plan: Plan, failed: LimitCheck, states: Mapping[str, State | None], now: int) -> Settlement:

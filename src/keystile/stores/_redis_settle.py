@@ -28,8 +28,8 @@ import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .._decide import Plan, Settlement, State
-from .._models import Code, RatelimitResult
+from .._decide import Plan, Settlement, State, new_ratelimit_result, new_settlement
+from .._models import Code
 
 if TYPE_CHECKING:
     import redis
@@ -130,11 +130,11 @@ class LuaSettle:
         for check in plan.limits:
             config = check.config
             duration = config.duration
-            ratelimits.append(RatelimitResult(  # by position: this runs on every settle
+            ratelimits.append(new_ratelimit_result(  # by position: this runs on every settle
                 config.name, config.limit, duration, reply[at], (now // duration + 1) * duration,
                 reply[at + 1] == 1, config.id, config.auto_apply))
             at += 2
-        return Settlement(_CODES[code], tuple(ratelimits), reply[1], reply[2])
+        return new_settlement(_CODES[code], tuple(ratelimits), reply[1], reply[2])
 
     @staticmethod
     def source() -> str:
