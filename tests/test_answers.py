@@ -17,7 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from keystile import KeyAuthMiddleware, Keystile, Verifier, VerifyRequest, require_key
+from keystile import (
+    KeyAuthMiddleware,
+    Keystile,
+    RatelimitConfig,
+    Verifier,
+    VerifyRequest,
+    _verify,
+    require_key,
+)
 from keystile._cache import RecordCache
 from tests.conftest import Clock
 
@@ -241,3 +249,98 @@ async def test_if_a_root_key_of_keystile_serve_is_sent_to_an_app_then_it_is_401(
         assert (await get(c, root)).status_code == 401
     assert ks.verify(root).code.value == "NOT_FOUND"
     assert ks.verify(root, api_id=RootKeys(ks).api_id()).valid  # asked for by its API: the server's way
+
+
+# -- routes that spend: the checks are remembered, the spending is settled every time --
+
+
+def spending_key(ks: Keystile, **options: Any) -> tuple[str, str]:
+    api = ks.create_api("shop", prefix="sk_shop", **options)
+    created = ks.create_key(api.id, permissions=["read"], credits=5,
+                            ratelimits=[RatelimitConfig("requests", 100, 60_000, True)])
+    return created.key, created.key_id
+
+
+async def test_if_a_route_spends_then_its_repeats_skip_the_checks_and_only_settle(
+    counting_store: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks = Keystile(counting_store, now=clock)
+    key, key_id = spending_key(ks)
+    async with client(app_with(ks, permissions="read")) as c:
+        first = await get(c, key)
+        assert first.status_code == 200 and first.headers["ratelimit"] == '"requests";r=99;t=60'
+        remembered = ks.verifier.cache.answers[raw(key)][2]
+        assert isinstance(remembered, tuple)  # the entry and plan, not a result to repeat
+        checks: list[str] = []
+        monkeypatch.setattr(_verify, "decide_static", lambda *a: checks.append("static"))
+        monkeypatch.setattr(_verify, "make_plan", lambda *a: checks.append("plan"))
+        counting_store.calls.clear()
+        for remaining in (3, 2, 1, 0):
+            response = await get(c, key)
+            assert response.status_code == 200
+            assert response.headers["ratelimit"] == f'"requests";r={95 + remaining};t=60'
+            assert ks.verifier.cache.answers[raw(key)][2] is remembered
+        assert checks == []
+        assert counting_store.calls["settle"] == 4  # (memory and SQLite settle in transact)
+        assert set(counting_store.calls) <= {"settle", "transact"}
+        response = await get(c, key)
+        assert response.status_code == 429 and response.json()["code"] == "USAGE_EXCEEDED"
+        ks.update_credits(key_id, "set", 1)
+        assert (await get(c, key)).status_code == 200
+
+
+async def test_if_a_spending_key_is_disabled_then_its_next_request_is_rejected_and_spends_nothing(
+    ks: Keystile,
+) -> None:
+    key, key_id = spending_key(ks)
+    async with client(app_with(ks, permissions="read")) as c:
+        for _ in range(2):
+            assert (await get(c, key)).status_code == 200
+        assert isinstance(ks.verifier.cache.answers[raw(key)][2], tuple)
+        ks.update_key(key_id, enabled=False)
+        assert raw(key) not in ks.verifier.cache.answers
+        response = await get(c, key)
+        assert response.status_code == 403 and response.json()["code"] == "DISABLED"
+    assert ks.get_key(key_id).credits.remaining == 3  # type: ignore[union-attr]
+
+
+async def test_if_a_spending_key_loses_the_permission_then_its_next_request_is_403(ks: Keystile) -> None:
+    key, key_id = spending_key(ks)
+    async with client(app_with(ks, permissions="read")) as c:
+        assert (await get(c, key)).status_code == 200
+        ks.remove_permissions(key_id, ["read"])
+        response = await get(c, key)
+        assert response.status_code == 403 and response.json()["code"] == "INSUFFICIENT_PERMISSIONS"
+    assert ks.get_key(key_id).credits.remaining == 4  # type: ignore[union-attr]
+
+
+async def test_if_a_spending_key_expires_then_its_remembered_checks_end_with_it(
+    ks: Keystile, clock: Clock
+) -> None:
+    api = ks.create_api("shop", prefix="sk_shop")
+    created = ks.create_key(api.id, credits=5, expires=clock() + 5_000)
+    async with client(app_with(ks)) as c:
+        assert (await get(c, created.key)).status_code == 200
+        clock.advance(4_000)
+        assert (await get(c, created.key)).status_code == 200
+        assert isinstance(ks.verifier.cache.answers[raw(created.key)][2], tuple)
+        clock.advance(1_001)
+        response = await get(c, created.key)
+        assert response.status_code == 401 and response.json()["code"] == "EXPIRED"
+    assert ks.get_key(created.key_id).credits.remaining == 3  # type: ignore[union-attr]
+
+
+async def test_if_a_spending_key_is_verified_once_off_or_leased_or_ip_bound_then_nothing_is_remembered(
+    ks: Keystile,
+) -> None:
+    key, _ = spending_key(ks)
+    assert ks.verify(key, permissions="read").valid  # a verify() call's request is its own
+    assert ks.verifier.cache.answers == {}
+    leased = ks.create_api("leased", prefix="sk_lease", lease=10)
+    bound = ks.create_api("bound", prefix="sk_bound", ip_whitelist=["127.0.0.0/8"])
+    keys = [ks.create_key(api.id, credits=5).key for api in (leased, bound)]
+    async with client(app_with(ks)) as c:
+        for other in keys:
+            for _ in range(2):
+                assert (await get(c, other)).status_code == 200
+    assert ks.verifier.cache.answers == {}

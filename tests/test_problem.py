@@ -15,6 +15,7 @@ from keystile._problem import (
     missing_key,
     problem_for_result,
     ratelimit_headers,
+    raw_ratelimit_headers,
     store_unavailable,
 )
 
@@ -207,3 +208,16 @@ def test_if_a_route_names_a_limit_the_key_lacks_then_the_answer_is_403() -> None
     assert problem.status == 403
     assert "'uploads'" in problem.detail
     assert body(problem)["code"] == "RATELIMIT_NOT_CONFIGURED"
+
+
+@pytest.mark.parametrize(("ahead", "seconds"), [(1, 1), (999, 1), (1000, 1), (1001, 2), (0, 0), (-1, 0)])
+def test_if_the_reset_is_ahead_then_its_seconds_are_rounded_up_exactly(ahead: int, seconds: int) -> None:
+    result = VerifyResult(valid=True, code=Code.VALID, key_id="key_1",
+                          ratelimits=(rl(remaining=7, reset=NOW + ahead, exceeded=False),))
+    assert raw_ratelimit_headers(result, NOW)[1] == (b"ratelimit", b'"requests";r=7;t=%d' % seconds)
+
+
+def test_if_a_limit_name_is_not_ascii_then_the_header_escapes_it() -> None:
+    result = VerifyResult(valid=True, code=Code.VALID, key_id="key_1",
+                          ratelimits=(rl("débit", exceeded=False, remaining=1),))
+    assert raw_ratelimit_headers(result, NOW)[0] == (b"ratelimit-policy", b'"d\\u00e9bit";q=100;w=60')

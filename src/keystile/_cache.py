@@ -9,11 +9,13 @@ Concurrent misses for one hash share one store read (single flight), in threads
 and in asyncio tasks alike. Only static records are cached: credits and rate-limit
 counters are always settled in the store.
 
-Beside the entries, ``answers`` remembers the last static answer given to a key:
-``key bytes -> (deadline, request, result)``. A caller holding the same request
+Beside the entries, ``answers`` remembers the last answer given to a key:
+``key bytes -> (deadline, request, answer)``. A caller holding the same request
 object gets the same result with one plain dict lookup and one comparison, before
 any parsing or hashing; a key only gets an answer after it passed every check, so a
-hit means these very bytes were checked before. Every eviction drops the key's
+hit means these very bytes were checked before. For a request that spends (credits,
+rate limits), the answer is the entry and the plan it passed the checks with: the
+next verify goes straight to settling them in the store. Every eviction drops the key's
 answer, and the verifier drops them all whenever it reloads the keyspace map, so a
 key's bytes stay in this table no longer than that interval after its last use.
 """
@@ -39,8 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Answer", "Entry", "RecordCache"]
 
-Answer = tuple[int, VerifyRequest, VerifyResult]
-"""``(deadline, request, result)``: the result ``request`` got, good until ``deadline``."""
+Remembered = tuple["Entry", "Plan"]
+"""What a spending request is remembered by: the entry it passed every check on, and
+the plan of credits and limits it settles each time."""
+
+Answer = tuple[int, VerifyRequest, "VerifyResult | Remembered"]
+"""``(deadline, request, answer)``: the result ``request`` got (static: the same each
+time), or what it settles each time; good until ``deadline``."""
 
 
 class Entry:
@@ -147,7 +154,7 @@ class RecordCache:
         return entry
 
     def remember(self, key: bytes, digest: bytes, entry: Entry, request: VerifyRequest,
-                 result: VerifyResult, until: Callable[[], int]) -> None:
+                 result: VerifyResult | Remembered, until: Callable[[], int]) -> None:
         """Remember ``result`` as the answer to ``request`` for ``key`` (whose digest
         is ``digest``) while ``entry`` is the cached one, and no later than ``until()``
         (read under the lock, so a concurrent change that clears the answers cannot be

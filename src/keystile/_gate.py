@@ -188,8 +188,7 @@ class Gate:
         """Headers for a verified response: the rate-limit state, when there is one."""
         if not (self.ratelimit_headers and result.ratelimits):
             return []
-        headers = _problem.ratelimit_headers(result, self.verifier.now())
-        return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        return _problem.raw_ratelimit_headers(result, self.verifier.now())
 
 
 def _verifier(

@@ -167,12 +167,12 @@ class KeyAuthMiddleware:
         # The hot paths, inlined on purpose (every call here costs): _guarded does the same.
         verifier = self.verifier
         answer = self._answers.get(token)
-        if answer is not None and answer[1] is gate.request and (now := verifier.now()) < answer[0]:
+        if (answer is not None and answer[1] is gate.request and type(result := answer[2]) is VerifyResult
+                and (now := verifier.now()) < answer[0]):
             # This very key got this answer for this middleware's request, and it holds:
             # a static valid result, so no headers to add.
-            result = answer[2]
             if self._events is not None:
-                self._events.record(now, answer)  # the entry itself: nothing allocated
+                self._events.record(now, answer)  # type: ignore[arg-type]  # a result: checked above
             scope["keystile"] = result
             scope[VERIFIER_SCOPE_KEY] = verifier
             memo = self._principals.memo.get(id(result))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ._models import Code, VerifyResult
 
-__all__ = ["Problem", "close_reason", "problem_for_result", "ratelimit_headers"]
+__all__ = ["Problem", "close_reason", "problem_for_result", "ratelimit_headers", "raw_ratelimit_headers"]
 
 _STATUS = {
     Code.NOT_FOUND: 401,
@@ -118,20 +118,26 @@ def _invalid_token() -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _quoted(name: str) -> str:
-    """A limit's name as a structured-field string (the same few names on every request)."""
-    return json.dumps(name)
+def _policy(name: str, limit: int, duration: int) -> tuple[bytes, bytes]:
+    """A limit's name as a structured-field string, and its ``RateLimit-Policy`` value
+    (the same few limits on every request)."""
+    quoted = json.dumps(name).encode("ascii")  # ensure_ascii: escapes are ASCII
+    return quoted, b"%s;q=%d;w=%d" % (quoted, limit, max(1, duration // 1000))
 
 
-def ratelimit_headers(result: VerifyResult, now: int) -> list[tuple[str, str]]:
-    """IETF ``RateLimit-Policy`` and ``RateLimit`` for the tightest checked limit."""
+def raw_ratelimit_headers(result: VerifyResult, now: int) -> list[tuple[bytes, bytes]]:
+    """IETF ``RateLimit-Policy`` and ``RateLimit`` for the tightest checked limit, as
+    ASGI sends headers (every verify that checks a limit adds them to its response)."""
     limit = result.tightest_ratelimit
     if limit is None:
         return []
-    name = _quoted(limit.name)
-    window = max(1, limit.duration // 1000)
-    seconds = max(0, math.ceil((limit.reset - now) / 1000))
-    return [
-        ("ratelimit-policy", f"{name};q={limit.limit};w={window}"),
-        ("ratelimit", f"{name};r={limit.remaining};t={seconds}"),
-    ]
+    quoted, policy = _policy(limit.name, limit.limit, limit.duration)
+    seconds = (limit.reset - now + 999) // 1000  # whole seconds, rounded up
+    return [(b"ratelimit-policy", policy),
+            (b"ratelimit", b"%s;r=%d;t=%d" % (quoted, limit.remaining, max(0, seconds)))]
+
+
+def ratelimit_headers(result: VerifyResult, now: int) -> list[tuple[str, str]]:
+    """:func:`raw_ratelimit_headers` as text."""
+    return [(name.decode("ascii"), value.decode("ascii"))
+            for name, value in raw_ratelimit_headers(result, now)]

@@ -104,11 +104,11 @@ class Driver(abc.ABC):
         hashing, since only a key that passed every check gets an answer remembered.
         """
         answer = self.answers.get(key)
-        if answer is not None and answer[1] is request:
+        if answer is not None and answer[1] is request and type(answer[2]) is VerifyResult:
             now = self.now()
             if now < answer[0]:
                 if self.events is not None:
-                    self.events.record(now, answer)  # the entry itself: nothing allocated
+                    self.events.record(now, answer)  # type: ignore[arg-type]  # a result: checked above
                 return answer[2]
         return None
 
@@ -277,7 +277,11 @@ class Verifier(Driver):
         raw = key.encode("utf-8", "surrogatepass")
         answer = self.cache.answers.get(raw)
         if answer is not None and answer[1] is request and now < answer[0]:
-            return answer[2]  # this route asked this of this key before: same answer
+            found = answer[2]
+            if type(found) is VerifyResult:
+                return found  # this route asked this of this key before: same answer
+            # It passed every check before, and they still hold: settle what it spends.
+            return _Settle(self, found[0], found[1], now, request)  # type: ignore[index]
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
@@ -351,10 +355,11 @@ class Verifier(Driver):
         plans = entry.plans
         known = plans.get(id(request)) if plans is not None else None
         if known is not None and known[0] is request:
-            plan = known[1]
+            plan, kept = known[1], True
         else:
             plan = make_plan(record, request)
-            if _LASTING.get(id(request)) is request:
+            kept = _LASTING.get(id(request)) is request
+            if kept:
                 if plans is None or len(plans) >= _PLANS_PER_ENTRY:
                     plans = entry.plans = {}  # a new dict: a reader elsewhere keeps the old one
                 plans[id(request)] = (request, plan)
@@ -366,6 +371,11 @@ class Verifier(Driver):
             if settled is not None:
                 return build_result(settled.code, record, settled)
             return _Acquire(self, entry, plan, now, size, request)
+        if kept and not keyspace.networks:
+            # A route's request (its plan is kept) on a key that passed every check: as
+            # long as a static answer would hold, its next verify only settles.
+            self.cache.remember(raw, digest, entry, request, (entry, plan),
+                                lambda: self._keyspace_due(keyspace))
         return _Settle(self, entry, plan, now, request)
 
     # -- leased mode ------------------------------------------------------------------
