@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol, cast
 
 import anyio.to_thread
@@ -73,7 +73,7 @@ class Driver(abc.ABC):
     events: Recorder | None
     metrics: Metrics
     now: Callable[[], int]
-    answers: dict[bytes, Answer]
+    answers: Mapping[bytes, Answer]
 
     @abc.abstractmethod
     def _begin(self, key: str, request: VerifyRequest, ip: str | None, now: int) -> Step: ...
@@ -135,56 +135,41 @@ class Driver(abc.ABC):
     ) -> VerifyResult:
         return await self.finish_async(self.start(key, request, ip), stale_ms)
 
+    # The two drivers: the same loop, one blocking and one awaited. Around each store
+    # trip the metrics (and a span), after a failed one the fail policy, at the end the
+    # event; each of those is written once, below and in Trip.
+
     def finish_sync(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
-        flow = self._flow(step, stale_ms)
-        pending = next(flow)
-        try:
-            while True:
-                try:
+        request, missed, trip = step.request, False, self.metrics.trip
+        while not isinstance(step, VerifyResult):
+            pending = step
+            missed = missed or pending.miss
+            try:
+                with trip(pending.operation):
                     answer = pending.run_sync()
-                except BaseException as error:  # the flow measures it, falls back or re-raises
-                    pending = flow.throw(error)
-                else:
-                    pending = flow.send(answer)
-        except StopIteration as done:
-            return cast(VerifyResult, done.value)
+                step = pending.resume(answer)
+            except StoreUnavailableError as error:
+                step = self._failed(pending, error, stale_ms)
+        self._finished(step, request, missed)
+        return step
 
     async def finish_async(self, step: Step, stale_ms: int | None = None) -> VerifyResult:
         if isinstance(step, VerifyResult):
             return step  # answered by start(), which recorded it
-        flow = self._flow(step, stale_ms)
-        pending = next(flow)
-        try:
-            while True:
-                try:
-                    answer = await pending.run_async()
-                except BaseException as error:  # the flow measures it, falls back or re-raises
-                    pending = flow.throw(error)
-                else:
-                    pending = flow.send(answer)
-        except StopIteration as done:
-            return cast(VerifyResult, done.value)
-
-    def _flow(self, step: _Pending, stale_ms: int | None) -> Generator[_Pending, Any, VerifyResult]:
-        """A verification from its first pending step, written once for both drivers:
-        it yields each step whose I/O the driver runs and gets the answer (or the
-        error) back; around each trip the metrics, after a failed one the fail policy,
-        at the end the event."""
-        request, missed = step.request, False
-        result: Step = step
-        while not isinstance(result, VerifyResult):
-            pending = result
+        request, missed, trip = step.request, False, self.metrics.trip
+        while not isinstance(step, VerifyResult):
+            pending = step
             missed = missed or pending.miss
             try:
-                with self.metrics.trip(pending.operation):
-                    answer = yield pending
-                result = pending.resume(answer)
+                with trip(pending.operation):
+                    answer = await pending.run_async()
+                step = pending.resume(answer)
             except StoreUnavailableError as error:
-                result = self._failed(pending, error, stale_ms)
-        self._finished(result, request, missed)
-        return result
+                step = self._failed(pending, error, stale_ms)
+        self._finished(step, request, missed)
+        return step
 
     def _failed(self, step: _Pending, error: StoreUnavailableError, stale_ms: int | None) -> Step:
         """The fail policy's answer to a failed step (re-raises when it has none), counted."""
