@@ -23,6 +23,7 @@ from keystile import (
     RatelimitConfig,
     Verifier,
     VerifyRequest,
+    VerifyResult,
     _verify,
     require_key,
 )
@@ -270,7 +271,7 @@ async def test_if_a_route_spends_then_its_repeats_skip_the_checks_and_only_settl
         first = await get(c, key)
         assert first.status_code == 200 and first.headers["ratelimit"] == '"requests";r=99;t=60'
         remembered = ks.verifier.cache.answers[raw(key)][2]
-        assert isinstance(remembered, tuple)  # the entry and plan, not a result to repeat
+        assert not isinstance(remembered, VerifyResult)  # the entry and plan, not a result to repeat
         checks: list[str] = []
         monkeypatch.setattr(_verify, "decide_static", lambda *a: checks.append("static"))
         monkeypatch.setattr(_verify, "make_plan", lambda *a: checks.append("plan"))
@@ -296,7 +297,7 @@ async def test_if_a_spending_key_is_disabled_then_its_next_request_is_rejected_a
     async with client(app_with(ks, permissions="read")) as c:
         for _ in range(2):
             assert (await get(c, key)).status_code == 200
-        assert isinstance(ks.verifier.cache.answers[raw(key)][2], tuple)
+        assert not isinstance(ks.verifier.cache.answers[raw(key)][2], VerifyResult)
         ks.update_key(key_id, enabled=False)
         assert raw(key) not in ks.verifier.cache.answers
         response = await get(c, key)
@@ -323,7 +324,7 @@ async def test_if_a_spending_key_expires_then_its_remembered_checks_end_with_it(
         assert (await get(c, created.key)).status_code == 200
         clock.advance(4_000)
         assert (await get(c, created.key)).status_code == 200
-        assert isinstance(ks.verifier.cache.answers[raw(created.key)][2], tuple)
+        assert not isinstance(ks.verifier.cache.answers[raw(created.key)][2], VerifyResult)
         clock.advance(1_001)
         response = await get(c, created.key)
         assert response.status_code == 401 and response.json()["code"] == "EXPIRED"

@@ -28,7 +28,7 @@ import binascii
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cachetools import FIFOCache
 
@@ -38,12 +38,17 @@ from ._models import KeyRecord, VerifyRequest, VerifyResult
 
 if TYPE_CHECKING:
     from ._decide import Plan
+    from ._verify import Step
 
 __all__ = ["Answer", "Entry", "RecordCache"]
 
-Remembered = tuple["Entry", "Plan"]
-"""What a spending request is remembered by: the entry it passed every check on, and
-the plan of credits and limits it settles each time."""
+class Remembered(Protocol):
+    """What a spending request is remembered by (the entry it passed every check on,
+    and the plan of credits and limits it settles each time): ``step`` is its next
+    verify, the settle alone."""
+
+    def step(self, request: VerifyRequest, now: int) -> Step: ...
+
 
 Answer = tuple[int, VerifyRequest, "VerifyResult | Remembered"]
 """``(deadline, request, answer)``: the result ``request`` got (static: the same each

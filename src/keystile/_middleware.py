@@ -15,7 +15,7 @@ pass untouched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +25,9 @@ from ._extract import bearer_token, plain_key
 from ._gate import VERIFIER_SCOPE_KEY, Gate
 from ._models import VerifyResult
 from ._problem import Problem, close_reason
+
+if TYPE_CHECKING:
+    from ._verify import Step
 
 __all__ = ["KeyAuthMiddleware", "KeyUser"]
 
@@ -75,7 +78,7 @@ class Principals:
         known = self.memo.get(id(result))
         if known is not None:
             return known[1]
-        principal = AuthCredentials(list(result.permissions)), KeyUser(result)
+        principal = AuthCredentials(result.permissions), KeyUser(result)
         if result.ratelimits or result.credits is not None:
             return principal  # a fresh result per request: nothing to reuse
         if len(self.memo) >= 10_000:
@@ -167,25 +170,29 @@ class KeyAuthMiddleware:
         # The hot paths, inlined on purpose (every call here costs): _guarded does the same.
         verifier = self.verifier
         answer = self._answers.get(token)
-        if (answer is not None and answer[1] is gate.request and type(result := answer[2]) is VerifyResult
-                and (now := verifier.now()) < answer[0]):
-            # This very key got this answer for this middleware's request, and it holds:
-            # a static valid result, so no headers to add.
-            if self._events is not None:
-                self._events.record(now, answer)  # type: ignore[arg-type]  # a result: checked above
-            scope["keystile"] = result
-            scope[VERIFIER_SCOPE_KEY] = verifier
-            memo = self._principals.memo.get(id(result))
-            scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
-            await self.app(scope, receive, send)
-            return
-        key = plain_key(token)
-        if key is None:
-            await self._guarded(scope, receive, send)
-            return
-        client = scope.get("client")
+        step: Step | None = None
+        if answer is not None and answer[1] is gate.request and (now := verifier.now()) < answer[0]:
+            found = answer[2]
+            if type(found) is VerifyResult:
+                # This very key got this answer for this middleware's request, and it
+                # holds: a static valid result, so no headers to add.
+                if self._events is not None:
+                    self._events.record(now, answer)  # type: ignore[arg-type]  # a result: checked above
+                scope["keystile"] = found
+                scope[VERIFIER_SCOPE_KEY] = verifier
+                memo = self._principals.memo.get(id(found))
+                scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(found)
+                await self.app(scope, receive, send)
+                return
+            step = found.step(gate.request, now)  # type: ignore[union-attr]  # remembered checks: settle
         try:
-            step = verifier.start(key, gate.request, client[0] if client else None)
+            if step is None:
+                key = plain_key(token)
+                if key is None:
+                    await self._guarded(scope, receive, send)
+                    return
+                client = scope.get("client")
+                step = verifier.start(key, gate.request, client[0] if client else None)
             result = step if type(step) is VerifyResult else await verifier.finish_async(step, gate.stale_ms)
         except KeystileError as exc:
             await self.on_error(scope, receive, send, gate.failure(exc))
@@ -195,10 +202,13 @@ class KeyAuthMiddleware:
             return
         scope["keystile"] = result
         scope[VERIFIER_SCOPE_KEY] = verifier
-        memo = self._principals.memo.get(id(result))
-        scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
-        if result.ratelimits:
-            send = _adding_headers(send, gate.success_headers(result))
+        if result.ratelimits or result.credits is not None:  # a result of its own: no memo
+            scope["auth"], scope["user"] = AuthCredentials(result.permissions), KeyUser(result)
+            if result.ratelimits:
+                send = _adding_headers(send, gate.success_headers(result))
+        else:
+            memo = self._principals.memo.get(id(result))
+            scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
         await self.app(scope, receive, send)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:

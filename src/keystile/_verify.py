@@ -265,8 +265,7 @@ class Verifier(Driver):
             found = answer[2]
             if type(found) is VerifyResult:
                 return found  # this route asked this of this key before: same answer
-            # It passed every check before, and they still hold: settle what it spends.
-            return _Settle(self, found[0], found[1], now, request)  # type: ignore[index]
+            return found.step(request, now)  # type: ignore[union-attr]  # passed every check before: settle
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
@@ -359,7 +358,7 @@ class Verifier(Driver):
         if kept and not keyspace.networks:
             # A route's request (its plan is kept) on a key that passed every check: as
             # long as a static answer would hold, its next verify only settles.
-            self.cache.remember(raw, digest, entry, request, (entry, plan),
+            self.cache.remember(raw, digest, entry, request, _Remembered(self, entry, plan),
                                 lambda: self._keyspace_due(keyspace))
         return _Settle(self, entry, plan, now, request)
 
@@ -534,6 +533,19 @@ class _Acquire:
         if settled is None:  # other threads spent the new lease first: lease again
             return _Acquire(self.verifier, self.entry, self.plan, self.now, self.size, self.request)
         return build_result(settled.code, record, settled)
+
+
+class _Remembered:
+    """A route's request that spends, on a key that passed every check (see ``answers``):
+    its next verify is the settle alone."""
+
+    __slots__ = ("entry", "plan", "verifier")
+
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan) -> None:
+        self.verifier, self.entry, self.plan = verifier, entry, plan
+
+    def step(self, request: VerifyRequest, now: int) -> _Settle:
+        return _Settle(self.verifier, self.entry, self.plan, now, request)
 
 
 class _Settle:
