@@ -32,9 +32,11 @@ from keystile import (
     SQLiteStore,
     ValidationError,
     Verifier,
+    VerifyRequest,
 )
 from keystile._analytics import Event, EventFilter
 from keystile._remote import RemoteVerifier
+from keystile._verify import lasting
 from tests.conftest import Clock
 
 MINUTE = 60_000
@@ -371,3 +373,28 @@ def test_if_the_process_forks_then_the_child_records_its_own_verifications(tmp_p
     assert written == 40  # the child's writer wrote the child's verifications, not the parent's
     assert total == 45
     ks.close()
+
+
+def test_if_a_key_spends_then_its_queued_verifications_share_one_entry_and_count_exactly(
+    ks: Keystile, clock: Clock
+) -> None:
+    api = ks.create_api("shop", prefix="sk_shop")
+    created = ks.create_key(api.id, credits=30, ratelimits=[RatelimitConfig("requests", 20, MINUTE, True)])
+    route = lasting(VerifyRequest())
+    codes = Counter(ks.verifier.verify_request(created.key, route).code.value for _ in range(25))
+    assert codes == {"VALID": 20, "RATE_LIMITED": 5}
+    recorder = ks.verifier.events
+    assert recorder is not None
+    queued = list(recorder._current)
+    # Nothing of each request's own result stays queued: one entry per outcome (and the
+    # first verify's, which read the record), whatever the number of requests.
+    assert len(queued) == 25 and len({id(entry) for entry in queued}) == 3
+    assert all(entry[2].ratelimits == () for entry in queued)
+    recorder.flush()
+    assert ks.verifier.verify_request(created.key, route).code.value == "RATE_LIMITED"
+    assert recorder._current[0] is not queued[-1]  # a drain starts the shared entries afresh
+    recorder.flush()
+    top = {t.id: t for t in ks.top_keys(since=clock() - HOUR, until=clock() + HOUR)}
+    assert top[created.key_id].total == 26 and top[created.key_id].spent == 20
+    assert top[created.key_id].counts == {"VALID": 20, "RATE_LIMITED": 6}
+    assert ks.get_key(created.key_id).credits.remaining == 10  # type: ignore[union-attr]

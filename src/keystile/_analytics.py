@@ -154,6 +154,13 @@ def event_of(now: int, result: VerifyResult, request: VerifyRequest, instance: s
 Entry = tuple[int, VerifyRequest, VerifyResult]
 
 
+def _shared_result(result: VerifyResult) -> VerifyResult:
+    """What the events of a spending result record, the same for every result of its
+    key and outcome: whether it had credits, not how many, and no limit's state."""
+    return dataclasses.replace(result, credits=None if result.credits is None else 0, ratelimits=(),
+                               credits_reset=None)
+
+
 def count_entries(segments: Iterable[tuple[int, Sequence[Entry]]]) -> list[tuple[int, Entry, int]]:
     """``(minute, entry, how many times)`` of queued entries, a list per minute.
 
@@ -372,6 +379,7 @@ class Recorder:
         self._lock = threading.Lock()  # one drain at a time (the thread, flush, close)
         self._pending: list[Event] = []  # counted, not yet written (the store failed)
         self._pending_latest: dict[str, int] = {}
+        self._shared: dict[tuple[Any, ...], Entry] = {}  # see emit(); emptied by every drain
         self._thread: threading.Thread | None = None
         self._start()
         on_fork(self)
@@ -390,7 +398,20 @@ class Recorder:
         if len(current) + self._backlog >= self._max:
             self.dropped += 1
             return
-        current.append((MISSED if missed else EMITTED, request, result))  # record(), inlined
+        if result.ratelimits or result.credits is not None:
+            # A verify that spends answers with a result of its own each time, which the
+            # queue would keep alive until the writer drains it: four objects a request
+            # for the garbage collector to walk, again and again. The event needs only
+            # what every such result of this key, outcome and request shares: queue one
+            # shared entry for them all (made again after each drain, so a changed key
+            # shows within one).
+            mark = (id(request), result.key_id, id(result.code), result.credits is None, missed)
+            entry = self._shared.get(mark)
+            if entry is None:
+                entry = self._shared[mark] = (MISSED if missed else EMITTED, request, _shared_result(result))
+            current.append(entry)
+        else:
+            current.append((MISSED if missed else EMITTED, request, result))  # record(), inlined
         if len(current) == self._batch:
             self._wake.set()
 
@@ -510,6 +531,7 @@ class Recorder:
             segments, self._backlog = self._segments, 0
             self._current = collections.deque()
             self._segments = [(self._minute, self._current)]
+        self._shared = {}  # a new dict: an emit that holds the old one only adds to it
         retired, self._retired = self._retired, []
         taken: list[tuple[int, Sequence[Entry]]] = []
         for minute, entries, seen in retired:  # appended after the copy, by a thread that had it
