@@ -331,17 +331,31 @@ async def test_if_a_spending_key_expires_then_its_remembered_checks_end_with_it(
     assert ks.get_key(created.key_id).credits.remaining == 3  # type: ignore[union-attr]
 
 
-async def test_if_a_spending_key_is_verified_once_off_or_leased_or_ip_bound_then_nothing_is_remembered(
+async def test_if_a_spending_key_is_verified_once_off_or_ip_bound_then_nothing_is_remembered(
     ks: Keystile,
 ) -> None:
     key, _ = spending_key(ks)
     assert ks.verify(key, permissions="read").valid  # a verify() call's request is its own
     assert ks.verifier.cache.answers == {}
-    leased = ks.create_api("leased", prefix="sk_lease", lease=10)
     bound = ks.create_api("bound", prefix="sk_bound", ip_whitelist=["127.0.0.0/8"])
-    keys = [ks.create_key(api.id, credits=5).key for api in (leased, bound)]
+    other = ks.create_key(bound.id, credits=5).key
     async with client(app_with(ks)) as c:
-        for other in keys:
-            for _ in range(2):
-                assert (await get(c, other)).status_code == 200
+        for _ in range(2):
+            assert (await get(c, other)).status_code == 200
     assert ks.verifier.cache.answers == {}
+
+
+async def test_if_a_leased_key_is_remembered_then_it_spends_from_its_lease_and_every_verify_is_counted(
+    ks: Keystile,
+) -> None:
+    leased = ks.create_api("leased", prefix="sk_lease", lease=10)
+    created = ks.create_key(leased.id, credits=25)
+    async with client(app_with(ks)) as c:
+        statuses = [(await get(c, created.key)).status_code for _ in range(30)]
+        assert not isinstance(ks.verifier.cache.answers[raw(created.key)][2], VerifyResult)
+    assert statuses == [200] * 25 + [429] * 5
+    ks.verifier.release_leases()
+    assert ks.get_key(created.key_id).credits.remaining == 0  # type: ignore[union-attr]
+    ks.verifier.events.flush()  # type: ignore[union-attr]
+    counted = ks.verifier.metrics.snapshot().verifications
+    assert {code: n for code, n in counted.items() if n} == {"VALID": 25, "USAGE_EXCEEDED": 5}

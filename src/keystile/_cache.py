@@ -44,10 +44,14 @@ __all__ = ["Answer", "Entry", "RecordCache"]
 
 class Remembered(Protocol):
     """What a spending request is remembered by (the entry it passed every check on,
-    and the plan of credits and limits it settles each time): ``step`` is its next
-    verify, the settle alone."""
+    and the plan of credits and limits it spends each time): its next verify is the
+    spending alone."""
 
-    def step(self, request: VerifyRequest, now: int) -> Step: ...
+    def spend(self, request: VerifyRequest, now: int) -> Step:
+        """The verify's first step (a result is not recorded yet)."""
+
+    def step(self, request: VerifyRequest, now: int) -> Step:
+        """The verify's first step, a result recorded (as ``Verifier.start``)."""
 
 
 Answer = tuple[int, VerifyRequest, "VerifyResult | Remembered"]

@@ -114,11 +114,6 @@ class _Histogram:
         self.count = 0
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.count += 1
-        self.sum += value
-
     def snapshot(self) -> HistogramSnapshot:
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
@@ -178,8 +173,11 @@ class Metrics:
         return Trip(self, operation)
 
     def observe(self, operation: str, seconds: float, failed: bool) -> None:
-        with self._lock:
-            self._latency[operation].observe(seconds)
+        histogram, bucket = self._latency[operation], bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:  # this runs around every store trip: no method call more
+            histogram.counts[bucket] += 1
+            histogram.count += 1
+            histogram.sum += seconds
             if failed:
                 self._errors[operation] += 1
 

@@ -265,7 +265,7 @@ class Verifier(Driver):
             found = answer[2]
             if type(found) is VerifyResult:
                 return found  # this route asked this of this key before: same answer
-            return found.step(request, now)  # type: ignore[union-attr]  # passed every check before: settle
+            return found.spend(request, now)  # type: ignore[union-attr]  # passed every check before
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
@@ -349,18 +349,13 @@ class Verifier(Driver):
                 plans[id(request)] = (request, plan)
         if plan.empty:
             return build_result(Code.VALID, record)
-        size = keyspace.lease if record.lease is None else record.lease
-        if size:
-            settled = self.leases.spend(plan, now)
-            if settled is not None:
-                return build_result(settled.code, record, settled)
-            return _Acquire(self, entry, plan, now, size, request)
+        remembered = _Remembered(self, entry, plan, keyspace.lease if record.lease is None else record.lease)
         if kept and not keyspace.networks:
             # A route's request (its plan is kept) on a key that passed every check: as
-            # long as a static answer would hold, its next verify only settles.
-            self.cache.remember(raw, digest, entry, request, _Remembered(self, entry, plan),
+            # long as a static answer would hold, its next verify only spends.
+            self.cache.remember(raw, digest, entry, request, remembered,
                                 lambda: self._keyspace_due(keyspace))
-        return _Settle(self, entry, plan, now, request)
+        return remembered.spend(request, now)
 
     # -- leased mode ------------------------------------------------------------------
 
@@ -537,15 +532,28 @@ class _Acquire:
 
 class _Remembered:
     """A route's request that spends, on a key that passed every check (see ``answers``):
-    its next verify is the settle alone."""
+    its next verify only spends (settles in the store, or from a lease)."""
 
-    __slots__ = ("entry", "plan", "verifier")
+    __slots__ = ("entry", "lease", "plan", "verifier")
 
-    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan) -> None:
-        self.verifier, self.entry, self.plan = verifier, entry, plan
+    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, lease: int) -> None:
+        self.verifier, self.entry, self.plan, self.lease = verifier, entry, plan, lease
 
-    def step(self, request: VerifyRequest, now: int) -> _Settle:
+    def spend(self, request: VerifyRequest, now: int) -> Step:
+        if self.lease:
+            verifier = self.verifier
+            settled = verifier.leases.spend(self.plan, now)
+            if settled is not None:
+                return build_result(settled.code, self.entry.record, settled)
+            return _Acquire(verifier, self.entry, self.plan, now, self.lease, request)
         return _Settle(self.verifier, self.entry, self.plan, now, request)
+
+    def step(self, request: VerifyRequest, now: int) -> Step:
+        """:meth:`spend` as :meth:`Verifier.start` would answer it: a result is recorded."""
+        step = self.spend(request, now)
+        if type(step) is VerifyResult and self.verifier.events is not None:
+            self.verifier.events.emit(now, step, request)
+        return step
 
 
 class _Settle:
