@@ -214,3 +214,23 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
+@pytest.mark.parametrize("lookup", ["context", "api"])
+def test_if_the_current_span_is_looked_up_either_way_then_only_recorded_traces_get_spans(
+    sqlite_url: str, clock: Clock, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch,
+    lookup: str,
+) -> None:
+    from keystile import _tracing
+
+    if lookup == "api":  # as with an OpenTelemetry that keeps the current span elsewhere
+        monkeypatch.setattr(_tracing, "_current_span", _tracing._current_span_by_api)
+    ks = Keystile(sqlite_url, now=clock)
+    created = ks.create_key(ks.create_api("shop", prefix="sk_shop").id, credits=Credits(10))
+    spans.clear()
+    assert ks.verify(created.key).valid
+    assert keystile_spans(spans) == []
+    with traced():
+        assert ks.verify(created.key).valid  # the settle: one store trip
+    assert [span.name for span in keystile_spans(spans)] == ["keystile.settle"]
+    ks.close()
