@@ -35,8 +35,8 @@ from keystile import (
     VerifyRequest,
 )
 from keystile._analytics import Event, EventFilter
+from keystile._models import lasting
 from keystile._remote import RemoteVerifier
-from keystile._verify import lasting
 from tests.conftest import Clock
 
 MINUTE = 60_000
@@ -398,3 +398,14 @@ def test_if_a_key_spends_then_its_queued_verifications_share_one_entry_and_count
     assert top[created.key_id].total == 26 and top[created.key_id].spent == 20
     assert top[created.key_id].counts == {"VALID": 20, "RATE_LIMITED": 6}
     assert ks.get_key(created.key_id).credits.remaining == 10  # type: ignore[union-attr]
+
+
+def test_if_one_off_verifies_spend_then_each_queues_its_own_entry_and_nothing_is_kept(
+    ks: Keystile,
+) -> None:
+    created = ks.create_key(ks.create_api("shop", prefix="sk_shop").id, credits=10)
+    for _ in range(5):
+        assert ks.verify(created.key).valid  # a request object of its own each time
+    recorder = ks.verifier.events
+    assert recorder is not None
+    assert recorder._shared == {} and len({id(entry) for entry in recorder._current}) == 5

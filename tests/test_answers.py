@@ -28,6 +28,7 @@ from keystile import (
     require_key,
 )
 from keystile._cache import RecordCache
+from keystile._models import lasting
 from tests.conftest import Clock
 
 
@@ -359,3 +360,23 @@ async def test_if_a_leased_key_is_remembered_then_it_spends_from_its_lease_and_e
     ks.verifier.events.flush()  # type: ignore[union-attr]
     counted = ks.verifier.metrics.snapshot().verifications
     assert {code: n for code, n in counted.items() if n} == {"VALID": 25, "USAGE_EXCEEDED": 5}
+
+
+def test_if_a_verifier_that_remembers_spending_answers_is_dropped_then_it_is_freed_at_once() -> None:
+    import gc
+    import weakref
+
+    ks = Keystile("memory://")
+    created = ks.create_key(ks.create_api("shop", prefix="sk_shop").id, credits=5)
+    route = lasting(VerifyRequest())
+    for _ in range(2):
+        assert ks.verifier.verify_request(created.key, route).valid
+    assert not isinstance(ks.verifier.cache.answers[raw(created.key)][2], VerifyResult)
+    ref = weakref.ref(ks.verifier)
+    ks.close()
+    gc.disable()  # freed by reference counting: no cycle through the remembered answer
+    try:
+        del ks
+        assert ref() is None
+    finally:
+        gc.enable()

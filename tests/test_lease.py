@@ -299,3 +299,83 @@ async def test_if_many_requests_find_the_lease_empty_at_once_then_one_thread_top
     assert hops["_Acquire._locked"] <= 8, hops
     assert ks.get_key(created.key_id).credits == Credits(10_000 - 201)
     ks.close()
+
+
+# -- leasing ahead, under asyncio -----------------------------------------------------------
+
+
+def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    import anyio.to_thread
+
+    hops: Counter[str] = Counter()
+    real = anyio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops[getattr(fn, "__qualname__", "?").rsplit(".", 1)[-1]] += 1
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return hops
+
+
+async def settle_ahead(ks: Keystile) -> None:
+    import asyncio
+
+    await asyncio.gather(*ks.verifier._lease_ahead_tasks)
+
+
+async def test_if_a_route_spends_its_lease_under_asyncio_then_it_is_topped_up_before_it_runs_out(
+    store_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from keystile import VerifyRequest
+    from keystile._models import lasting
+
+    ks = Keystile(store_url, now=clock)
+    api = ks.create_api("shop", prefix="sk_shop", lease=10)
+    created = ks.create_key(api.id, credits=1000, ratelimits=[
+        RatelimitConfig("requests", 1000, 60_000, auto_apply=True)])
+    route = lasting(VerifyRequest())
+    hops = counting_hops(monkeypatch)
+    for _ in range(100):
+        assert (await ks.verifier.verify_request_async(created.key, route)).valid
+        await settle_ahead(ks)  # as a busy loop would let it land between requests
+    # One acquisition when the key was first seen; every later batch was leased ahead,
+    # in the background, while the current one still had units: no request waited.
+    assert hops["_locked"] == 1 and hops["lease"] >= 9, hops
+    held = ks.verifier.leases.held[f"credits:{created.key_id}"]
+    assert held.balance <= 15  # never more than one and a half batches held
+    ks.verifier.release_leases()
+    assert ks.get_key(created.key_id).credits == Credits(900)
+    ks.close()
+
+
+async def test_if_the_store_cannot_cover_a_top_up_then_the_lease_runs_out_and_verifies_are_refused(
+    store_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from keystile import VerifyRequest
+    from keystile._models import lasting
+
+    ks = Keystile(store_url, now=clock)
+    api = ks.create_api("shop", prefix="sk_shop", lease=10)
+    created = ks.create_key(api.id, credits=15)
+    route = lasting(VerifyRequest())
+    hops = counting_hops(monkeypatch)
+    codes = []
+    for _ in range(20):
+        codes.append((await ks.verifier.verify_request_async(created.key, route)).code)
+        await settle_ahead(ks)
+    assert codes == [Code.VALID] * 15 + [Code.USAGE_EXCEEDED] * 5
+    assert hops["lease"] <= 2, hops  # tried once per lease, never again and again
+    ks.verifier.release_leases()
+    assert ks.get_key(created.key_id).credits == Credits(0)
+    ks.close()
+
+
+def test_if_verifies_block_then_nothing_is_leased_ahead(ks: Keystile) -> None:
+    api = ks.create_api("shop", prefix="sk_shop", lease=10)
+    created = ks.create_key(api.id, credits=100)
+    for _ in range(30):
+        assert ks.verify(created.key).valid
+    assert ks.verifier._lease_ahead_tasks == set() and ks.verifier._lease_flights == {}
+    ks.verifier.release_leases()
+    assert ks.get_key(created.key_id).credits == Credits(70)

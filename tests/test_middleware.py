@@ -749,3 +749,22 @@ async def test_if_a_path_is_excluded_then_only_it_and_what_is_below_it_need_no_k
     async with client(app) as c:
         status = (await c.get(path)).status_code
     assert status == (200 if excluded else 401)
+
+
+async def test_if_the_app_raises_a_keystile_error_behind_a_key_of_any_shape_then_it_is_the_apps(
+    ks: Keystile,
+) -> None:
+    from keystile import StoreUnavailableError
+
+    async def boom(request: Request) -> JSONResponse:
+        raise StoreUnavailableError("the app's own store call failed")
+
+    for prefix in ("sk_shop", "1shop"):  # a plain key, and one only the thorough path reads
+        created = ks.create_key(ks.create_api(prefix, prefix=prefix).id, credits=5)
+        app = Starlette(routes=[Route("/", boom)])
+        app.add_middleware(KeyAuthMiddleware, verifier=ks)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            for _ in range(2):  # the second time from the remembered answer
+                with pytest.raises(StoreUnavailableError):  # not the middleware's 503
+                    await c.get("/", headers={"authorization": f"Bearer {created.key}"})

@@ -21,7 +21,7 @@ from keystile import (
     VerifyResult,
     hash_key,
 )
-from keystile._verify import lasting
+from keystile._models import lasting
 
 if TYPE_CHECKING:
     from conftest import Clock

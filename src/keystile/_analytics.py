@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from ._errors import ConfigurationError, KeystileError, ValidationError
 from ._forks import on_fork
 from ._logs import failure_fields, safe_url
-from ._models import Code, VerifyRequest, VerifyResult
+from ._models import LASTING, Code, VerifyRequest, VerifyResult
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -398,13 +398,13 @@ class Recorder:
         if len(current) + self._backlog >= self._max:
             self.dropped += 1
             return
-        if result.ratelimits or result.credits is not None:
-            # A verify that spends answers with a result of its own each time, which the
-            # queue would keep alive until the writer drains it: four objects a request
-            # for the garbage collector to walk, again and again. The event needs only
-            # what every such result of this key, outcome and request shares: queue one
-            # shared entry for them all (made again after each drain, so a changed key
-            # shows within one).
+        if (result.ratelimits or result.credits is not None) and LASTING.get(id(request)) is request:
+            # A route's verify that spends answers with a result of its own each time,
+            # which the queue would keep alive until the writer drains it: four objects a
+            # request for the garbage collector to walk, again and again. The event needs
+            # only what every such result of this key, outcome and request shares: queue
+            # one shared entry for them all (made again after each drain, so a changed
+            # key shows within one).
             mark = (id(request), result.key_id, id(result.code), result.credits is None, missed)
             entry = self._shared.get(mark)
             if entry is None:

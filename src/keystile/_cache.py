@@ -38,7 +38,7 @@ from ._models import KeyRecord, VerifyRequest, VerifyResult
 
 if TYPE_CHECKING:
     from ._decide import Plan
-    from ._verify import Step
+    from ._verify import Step, Verifier
 
 __all__ = ["Answer", "Entry", "RecordCache"]
 
@@ -47,10 +47,10 @@ class Remembered(Protocol):
     and the plan of credits and limits it spends each time): its next verify is the
     spending alone."""
 
-    def spend(self, request: VerifyRequest, now: int) -> Step:
+    def spend(self, verifier: Verifier, request: VerifyRequest, now: int) -> Step:
         """The verify's first step (a result is not recorded yet)."""
 
-    def step(self, request: VerifyRequest, now: int) -> Step:
+    def step(self, verifier: Verifier, request: VerifyRequest, now: int) -> Step:
         """The verify's first step, a result recorded (as ``Verifier.start``)."""
 
 

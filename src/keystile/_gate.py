@@ -28,10 +28,10 @@ from ._extract import (
 )
 from ._logs import failure_fields, key_fields
 from ._manage import Keystile
-from ._models import VerifyRequest, VerifyResult
+from ._models import VerifyRequest, VerifyResult, lasting
 from ._problem import Problem
 from ._remote import RemoteVerifier, is_remote_url
-from ._verify import Verifier, lasting
+from ._verify import Verifier
 from .stores import Store
 
 __all__ = ["VERIFIER_SCOPE_KEY", "Extractor", "Gate"]

@@ -22,10 +22,10 @@ from ._extract import bearer_token, plain_key
 from ._gate import VERIFIER_SCOPE_KEY, Gate, check_fail_policy
 from ._manage import Keystile
 from ._middleware import Principals
-from ._models import Code, VerifyRequest, VerifyResult
+from ._models import Code, VerifyRequest, VerifyResult, lasting
 from ._permissions import parse_query
 from ._problem import Problem
-from ._verify import Step, Verifier, lasting
+from ._verify import Step, Verifier
 from .stores import Store, check_store_url
 
 __all__ = ["RouteGuard", "problem_response"]

@@ -12,6 +12,10 @@ other way: a unit leased and never used is not admitted by anyone.
   refill); unused credits go back to the key at a graceful shutdown, and are lost
   when the instance crashes.
 
+- Under asyncio, a lease that falls under half a batch is topped up in the background
+  (once per lease), so that requests do not all wait for one acquisition when it runs
+  out: an instance then holds up to one and a half batches of a key.
+
 Deciding is pure, as everywhere: :func:`acquire` is the transaction's function;
 :class:`Leases` only keeps the balances, under a lock.
 """
@@ -42,6 +46,7 @@ class Lease:
     until: int  # clock ms from which the lease is void (the window's end, the next refill)
     base: int  # what the store had left right after the lease was taken (for reporting)
     mark: int  # the window seq, or the credit state's refilledAt, the lease belongs to
+    ahead: bool = False  # a top-up ahead of need was asked for it (once per lease)
 
 
 class Leases:
@@ -85,6 +90,17 @@ class Leases:
             if have < cost:
                 lacking[key] = cost - have
         return lacking
+
+    def running_low(self, plan: Plan, size: int) -> dict[str, int]:
+        """State key -> 1 for each lease of ``plan`` down to less than half a batch and
+        not topped up ahead yet (now marked so): what to lease before it runs out."""
+        low = {}
+        for key in plan.state_keys:
+            lease = self.held.get(key)
+            if lease is not None and not lease.ahead and lease.balance * 2 < size:
+                lease.ahead = True
+                low[key] = 1
+        return low
 
     def grant(self, grants: Mapping[str, Lease], now: int) -> None:
         with self._lock:

@@ -184,16 +184,18 @@ class KeyAuthMiddleware:
                 scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(found)
                 await self.app(scope, receive, send)
                 return
-            step = found.step(gate.request, now)  # type: ignore[union-attr]  # remembered checks: settle
+            step = found.step(verifier, gate.request, now)  # type: ignore[union-attr, arg-type]  # remembered
+        key = None
+        if step is None:
+            key = plain_key(token)
+            if key is None:
+                await self._guarded(scope, receive, send)
+                return
         try:
-            if step is None:
-                key = plain_key(token)
-                if key is None:
-                    await self._guarded(scope, receive, send)
-                    return
+            if key is not None:
                 client = scope.get("client")
                 step = verifier.start(key, gate.request, client[0] if client else None)
-            result = step if type(step) is VerifyResult else await verifier.finish_async(step, gate.stale_ms)
+            result = step if type(step) is VerifyResult else await verifier.finish_async(step, gate.stale_ms)  # type: ignore[arg-type]
         except KeystileError as exc:
             await self.on_error(scope, receive, send, gate.failure(exc))
             return

@@ -30,8 +30,9 @@ def builder(cls: type[_T]) -> Callable[..., _T]:
     :class:`VerifyResult`). This one fills a plain twin of ``cls`` (the same slots, in
     the same order, so the same memory layout) with plain stores, then makes it a
     ``cls`` by assigning ``__class__``, which Python allows between classes of one
-    layout: about a fifth of the time. Refused (``TypeError``) for a class it cannot
-    serve: no slots, not frozen, or a ``__post_init__`` it would skip.
+    layout: about a fifth of the time. Where Python refuses that, it is ``cls`` itself.
+    Refused (``TypeError``) for a class it cannot serve: no slots, not frozen, or a
+    ``__post_init__`` it would skip.
     """
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in cls.__dict__:
@@ -48,9 +49,12 @@ def builder(cls: type[_T]) -> Callable[..., _T]:
     twin = type(f"_{cls.__name__}Builder", (), {
         "__slots__": tuple(names), "__init__": namespace["__init__"],
         "__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.build"})
-    probe = twin(*names)  # the layouts must match: Python refuses the assignment otherwise
+    try:
+        probe = twin(*names)  # the layouts must match: Python refuses the assignment otherwise
+    except TypeError:  # pragma: no cover - a Python that refuses it: the plain constructor
+        return cls
     if type(probe) is not cls or [getattr(probe, name) for name in names] != names:
-        raise TypeError(f"{cls.__name__}: built wrongly")  # pragma: no cover - a CPython change
+        return cls  # pragma: no cover - likewise
     return cast(Callable[..., _T], twin)
 
 
@@ -379,6 +383,20 @@ class VerifyRequest:
             else MappingProxyType(dict(spec)) for spec in self.ratelimits))
         for spec in self.ratelimits:
             _check_ratelimit_spec(spec)
+
+
+#: The request objects that live as long as the app (a middleware's, a route's), by id.
+#: Only they get plans kept with cached records, remembered answers and shared analytics
+#: entries: a verify() call's own request is made for that call, and keeping anything
+#: for it would only fill memory.
+LASTING: dict[int, VerifyRequest] = {}
+
+
+def lasting(request: VerifyRequest) -> VerifyRequest:
+    """Mark ``request`` as one that is verified again and again (a route's requirements);
+    returns it. Held for the process's life."""
+    LASTING[id(request)] = request
+    return request
 
 
 def _natural(value: object) -> bool:

@@ -32,7 +32,7 @@ from ._keys import MAX_KEY_LENGTH, ROOT_PREFIX, split_key
 from ._lease import Leases, acquire, release
 from ._logs import failure_fields, key_fields, safe_url
 from ._metrics import UNROUTED, Metrics
-from ._models import Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
+from ._models import LASTING, Code, KeyRecord, Keyspace, VerifyRequest, VerifyResult
 from .stores import AsyncStore, Store, open_store
 
 __all__ = ["OPERATIONS", "Driver", "Step", "Verifier"]
@@ -45,17 +45,6 @@ OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
 # Plans an entry keeps: one per long-lived request object (a route's; see lasting()).
 _PLANS_PER_ENTRY: Final = 32
-#: The request objects that live as long as the app (a middleware's, a route's), by id:
-#: only their plans are kept with cached records. A verify() call's own request is made
-#: for that call, and keeping its plan would only fill memory.
-_LASTING: dict[int, VerifyRequest] = {}
-
-
-def lasting(request: VerifyRequest) -> VerifyRequest:
-    """Mark ``request`` as one that is verified again and again (a route's requirements),
-    so cached records keep the plan it needs; returns it. Held for the process's life."""
-    _LASTING[id(request)] = request
-    return request
 
 
 class Driver(abc.ABC):
@@ -223,6 +212,7 @@ class Verifier(Driver):
         self._acquiring = threading.Lock()
         #: The acquisition in flight on each event loop (leased mode), for others to await.
         self._lease_flights: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        self._lease_ahead_tasks: set[asyncio.Task[None]] = set()  # held: a task is weakly referenced
         on_fork(self)
         self._release_at_exit = False
         #: Counters and histograms of this verifier (:meth:`Metrics.snapshot`).
@@ -238,6 +228,7 @@ class Verifier(Driver):
     def _after_fork(self) -> None:
         self._acquiring = threading.Lock()
         self._lease_flights = {}
+        self._lease_ahead_tasks = set()
 
     def __repr__(self) -> str:
         return f"Verifier({self.store!r})"
@@ -265,7 +256,7 @@ class Verifier(Driver):
             found = answer[2]
             if type(found) is VerifyResult:
                 return found  # this route asked this of this key before: same answer
-            return found.spend(request, now)  # type: ignore[union-attr]  # passed every check before
+            return found.spend(self, request, now)  # type: ignore[union-attr]  # passed every check before
         prefix = split_key(key)
         keyspace = self._by_prefix.get(prefix) if prefix is not None else None
         if keyspace is None:
@@ -342,28 +333,29 @@ class Verifier(Driver):
             plan, kept = known[1], True
         else:
             plan = make_plan(record, request)
-            kept = _LASTING.get(id(request)) is request
+            kept = LASTING.get(id(request)) is request
             if kept:
                 if plans is None or len(plans) >= _PLANS_PER_ENTRY:
                     plans = entry.plans = {}  # a new dict: a reader elsewhere keeps the old one
                 plans[id(request)] = (request, plan)
         if plan.empty:
             return build_result(Code.VALID, record)
-        remembered = _Remembered(self, entry, plan, keyspace.lease if record.lease is None else record.lease)
+        remembered = _Remembered(entry, plan, keyspace.lease if record.lease is None else record.lease)
         if kept and not keyspace.networks:
             # A route's request (its plan is kept) on a key that passed every check: as
             # long as a static answer would hold, its next verify only spends.
             self.cache.remember(raw, digest, entry, request, remembered,
                                 lambda: self._keyspace_due(keyspace))
-        return remembered.spend(request, now)
+        return remembered.spend(self, request, now)
 
     # -- leased mode ------------------------------------------------------------------
 
     def release_leases(self) -> None:
         """Give unused leased credits and tokens back to the store (graceful shutdown)."""
-        held = self.leases.take_all()
-        if held:
-            self.store.transact(list(held), lambda states: (dict(release(held, states)), None))
+        with self._acquiring:  # after an acquisition under way (a top-up ahead) has granted
+            held = self.leases.take_all()
+            if held:
+                self.store.transact(list(held), lambda states: (dict(release(held, states)), None))
 
     def close(self) -> None:
         """Write the queued analytics events, release leases, then close the store."""
@@ -373,6 +365,53 @@ class Verifier(Driver):
             self.release_leases()
         finally:
             self.store.close()
+
+    def _lease(self, plan: Plan, now: int, size: int,
+               lacking: Callable[[], Mapping[str, int]]) -> Settlement | None:
+        """One store transaction topping up the leases that ``lacking()`` names (state
+        key -> units needed, read inside it); the rejection when the store cannot cover
+        them (nothing written), else ``None``: granted. Under ``_acquiring``."""
+        def step(states: Mapping[str, State | None]) -> tuple[dict[str, State | None], Any]:
+            rejection, writes, grants = acquire(plan, states, now, size, lacking())
+            return dict(writes), (rejection, grants)
+
+        rejection, grants = self.store.transact(plan.state_keys, step)
+        if rejection is not None:
+            return cast(Settlement, rejection)
+        self.leases.grant(grants, now)
+        self._leasing()
+        return None
+
+    def _lease_ahead(self, plan: Plan, now: int, size: int, low: dict[str, int]) -> None:
+        """Under asyncio, top up the leases running low (``low``) in the background, so
+        that requests find units when the current ones run out instead of all waiting
+        for one acquisition (the app's core idle meanwhile). Blocking callers lease when
+        they run out, as before. It counts as the loop's acquisition in flight."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if loop in self._lease_flights:
+            return  # one is under way already
+        flight = self._lease_flights[loop] = loop.create_future()
+
+        def lease() -> None:
+            with self._acquiring:
+                self._lease(plan, now, size, lambda: low)  # a rejection: they run out, then ask
+
+        async def top_up() -> None:
+            try:
+                await anyio.to_thread.run_sync(lease)
+            except Exception as exc:  # the lease is asked again when it runs out
+                logger.info("keystile: leasing ahead failed: %s", exc,
+                            extra=failure_fields(self.metrics.store, "lease", exc))
+            finally:
+                if self._lease_flights.get(loop) is flight:
+                    del self._lease_flights[loop]
+                flight.set_result(None)
+
+        self._lease_ahead_tasks.add(task := loop.create_task(top_up()))
+        task.add_done_callback(self._lease_ahead_tasks.discard)
 
     def _leasing(self) -> None:
         """Once leases are held: give them back when the interpreter exits normally."""
@@ -482,24 +521,17 @@ class _Acquire:
         self.verifier, self.entry, self.plan, self.now, self.size = verifier, entry, plan, now, size
         self.request = request
 
-    def _step(self, states: Mapping[str, State | None]) -> tuple[dict[str, State | None], Any]:
-        lacking = self.verifier.leases.lacking(self.plan, self.now)
-        rejection, writes, grants = acquire(self.plan, states, self.now, self.size, lacking)
-        return dict(writes), (rejection, grants)
-
     def _locked(self) -> Settlement | None:
         """The settlement (spent from a lease, or a rejection); ``None``: lease again."""
-        verifier = self.verifier
+        verifier, plan, now = self.verifier, self.plan, self.now
         with verifier._acquiring:
-            settled = verifier.leases.spend(self.plan, self.now)
+            settled = verifier.leases.spend(plan, now)
             if settled is not None:
                 return settled  # topped up by the acquisition this one waited for
-            rejection, grants = verifier.store.transact(self.plan.state_keys, self._step)
+            rejection = verifier._lease(plan, now, self.size, lambda: verifier.leases.lacking(plan, now))
             if rejection is not None:
-                return cast(Settlement, rejection)
-            verifier.leases.grant(grants, self.now)
-            verifier._leasing()
-            return verifier.leases.spend(self.plan, self.now)
+                return rejection
+            return verifier.leases.spend(plan, now)
 
     def run_sync(self) -> Settlement | None:
         return self._locked()
@@ -532,27 +564,31 @@ class _Acquire:
 
 class _Remembered:
     """A route's request that spends, on a key that passed every check (see ``answers``):
-    its next verify only spends (settles in the store, or from a lease)."""
+    its next verify only spends (settles in the store, or from a lease). It holds no
+    verifier (the cache that holds it is the verifier's own): each call passes it."""
 
-    __slots__ = ("entry", "lease", "plan", "verifier")
+    __slots__ = ("entry", "lease", "plan")
 
-    def __init__(self, verifier: Verifier, entry: Entry, plan: Plan, lease: int) -> None:
-        self.verifier, self.entry, self.plan, self.lease = verifier, entry, plan, lease
+    def __init__(self, entry: Entry, plan: Plan, lease: int) -> None:
+        self.entry, self.plan, self.lease = entry, plan, lease
 
-    def spend(self, request: VerifyRequest, now: int) -> Step:
+    def spend(self, verifier: Verifier, request: VerifyRequest, now: int) -> Step:
         if self.lease:
-            verifier = self.verifier
-            settled = verifier.leases.spend(self.plan, now)
+            leases = verifier.leases
+            settled = leases.spend(self.plan, now)
             if settled is not None:
+                low = leases.running_low(self.plan, self.lease)
+                if low:
+                    verifier._lease_ahead(self.plan, now, self.lease, low)
                 return build_result(settled.code, self.entry.record, settled)
             return _Acquire(verifier, self.entry, self.plan, now, self.lease, request)
-        return _Settle(self.verifier, self.entry, self.plan, now, request)
+        return _Settle(verifier, self.entry, self.plan, now, request)
 
-    def step(self, request: VerifyRequest, now: int) -> Step:
+    def step(self, verifier: Verifier, request: VerifyRequest, now: int) -> Step:
         """:meth:`spend` as :meth:`Verifier.start` would answer it: a result is recorded."""
-        step = self.spend(request, now)
-        if type(step) is VerifyResult and self.verifier.events is not None:
-            self.verifier.events.emit(now, step, request)
+        step = self.spend(verifier, request, now)
+        if type(step) is VerifyResult and verifier.events is not None:
+            verifier.events.emit(now, step, request)
         return step
 
 
