@@ -50,7 +50,7 @@ async def get(c: httpx.AsyncClient, key: str) -> httpx.Response:
 
 @pytest.fixture
 def ks(private_redis: RedisServer, clock: Clock) -> Any:
-    keystile = Keystile(private_redis.url + "?timeout=0.2", now=clock)
+    keystile = Keystile(private_redis.url + "?timeout=1", now=clock)
     yield keystile
     keystile.close()
 

@@ -185,7 +185,7 @@ async def through_keystile_serve(ks: Keystile, secrets: Secrets) -> None:
 
 
 async def with_redis_killed(url: str, secrets: Secrets, clock: Clock, private_redis: RedisServer) -> None:
-    ks = Keystile(url + "?timeout=0.2", now=clock, analytics=Analytics(flush_interval=0.05))
+    ks = Keystile(url + "?timeout=1", now=clock, analytics=Analytics(flush_interval=0.05))
     api = ks.create_api("down", prefix="sk_down")
     plain = secrets.key(ks.create_key(api.id).key)
     paid = secrets.key(ks.create_key(api.id, credits=Credits(10)).key)
@@ -285,7 +285,7 @@ async def test_if_a_full_scenario_runs_then_no_log_answer_or_error_holds_a_key(
 async def test_if_a_verification_is_logged_then_the_record_carries_its_ids_as_extras(
     private_redis: RedisServer, clock: Clock, everything_logged: pytest.LogCaptureFixture,
 ) -> None:
-    ks = Keystile(private_redis.url + "?timeout=0.2", now=clock, analytics=False)
+    ks = Keystile(private_redis.url + "?timeout=1", now=clock, analytics=False)
     api = ks.create_api("shop", prefix="sk_shop")
     created = ks.create_key(api.id, credits=Credits(10))
     app = Starlette(routes=[Route("/", ok)])
@@ -300,7 +300,7 @@ async def test_if_a_verification_is_logged_then_the_record_carries_its_ids_as_ex
     fields = {name: getattr(record, name) for name in ("key_id", "keyspace_id", "api_id", "store",
                                                         "operation", "error")}
     assert fields == {"key_id": created.key_id, "keyspace_id": api.keyspace_id, "api_id": api.id,
-                      "store": private_redis.url + "?timeout=0.2", "operation": "settle",
+                      "store": private_redis.url + "?timeout=1", "operation": "settle",
                       "error": "StoreUnavailableError"}
     ks.close()
 
