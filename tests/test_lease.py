@@ -271,39 +271,6 @@ async def test_if_16_tasks_find_the_lease_empty_at_once_then_one_batch_serves_th
     ks.close()
 
 
-async def test_if_many_requests_find_the_lease_empty_at_once_then_one_thread_tops_it_up(
-    store_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import asyncio
-
-    import anyio.to_thread
-
-    ks = Keystile(store_url, now=clock)
-    api = ks.create_api("shop", prefix="sk_shop", lease=50)
-    created = ks.create_key(api.id, credits=Credits(10_000))
-    assert (await ks.verifier.verify_async(created.key)).valid  # the record is cached
-    hops: Counter[str] = Counter()
-    real = anyio.to_thread.run_sync
-
-    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        hops[getattr(fn, "__qualname__", "?")] += 1
-        return await real(fn, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    results = await asyncio.gather(*(ks.verifier.verify_async(created.key) for _ in range(200)))
-    ks.verifier.release_leases()
-
-    assert all(result.valid for result in results)
-    # 201 spent from leases of 50: about 4 acquisitions, each one thread; the other requests
-    # that found the lease empty waited on the loop for it (before: a thread each).
-    assert hops["_Acquire._locked"] <= 8, hops
-    assert ks.get_key(created.key_id).credits == Credits(10_000 - 201)
-    ks.close()
-
-
-# -- leasing ahead, under asyncio -----------------------------------------------------------
-
-
 def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     import anyio.to_thread
 
@@ -316,6 +283,30 @@ def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
     return hops
+
+
+async def test_if_many_requests_find_the_lease_empty_at_once_then_one_thread_tops_it_up(
+    store_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    ks = Keystile(store_url, now=clock)
+    api = ks.create_api("shop", prefix="sk_shop", lease=50)
+    created = ks.create_key(api.id, credits=Credits(10_000))
+    assert (await ks.verifier.verify_async(created.key)).valid  # the record is cached
+    hops = counting_hops(monkeypatch)
+    results = await asyncio.gather(*(ks.verifier.verify_async(created.key) for _ in range(200)))
+    ks.verifier.release_leases()
+
+    assert all(result.valid for result in results)
+    # 201 spent from leases of 50: about 4 acquisitions, each one thread; the other requests
+    # that found the lease empty waited on the loop for it (before: a thread each).
+    assert hops["_locked"] <= 8, hops
+    assert ks.get_key(created.key_id).credits == Credits(10_000 - 201)
+    ks.close()
+
+
+# -- leasing ahead, under asyncio -----------------------------------------------------------
 
 
 async def settle_ahead(ks: Keystile) -> None:

@@ -204,13 +204,10 @@ class KeyAuthMiddleware:
             return
         scope["keystile"] = result
         scope[VERIFIER_SCOPE_KEY] = verifier
-        if result.ratelimits or result.credits is not None:  # a result of its own: no memo
-            scope["auth"], scope["user"] = AuthCredentials(result.permissions), KeyUser(result)
-            if result.ratelimits:
-                send = _adding_headers(send, gate.success_headers(result))
-        else:
-            memo = self._principals.memo.get(id(result))
-            scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
+        memo = self._principals.memo.get(id(result))
+        scope["auth"], scope["user"] = memo[1] if memo else self._principals.of(result)
+        if result.ratelimits:
+            send = _adding_headers(send, gate.success_headers(result))
         await self.app(scope, receive, send)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,8 +17,8 @@ import hashlib
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol, cast
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import anyio.to_thread
 
@@ -43,6 +43,7 @@ _NOT_FOUND: Final = VerifyResult(valid=False, code=Code.NOT_FOUND)
 #: The store trips of a verification, as the metrics and spans name them.
 OPERATIONS: Final = ("load_keyspaces", "load_record", "settle", "lease")
 _sha256 = hashlib.sha256
+R = TypeVar("R")
 # Plans an entry keeps: one per long-lived request object (a route's; see lasting()).
 _PLANS_PER_ENTRY: Final = 32
 
@@ -80,7 +81,10 @@ class Driver(abc.ABC):
         """
         if now is None:
             now = self.now()
-        step = self._begin(key, request, ip, now)
+        return self._first(self._begin(key, request, ip, now), request, now)
+
+    def _first(self, step: Step, request: VerifyRequest, now: int) -> Step:
+        """A verification's first step, recorded when it is already the result."""
         if self.events is not None and type(step) is VerifyResult:
             self.events.emit(now, step, request)
         return step
@@ -393,25 +397,38 @@ class Verifier(Driver):
             return
         if loop in self._lease_flights:
             return  # one is under way already
-        flight = self._lease_flights[loop] = loop.create_future()
 
         def lease() -> None:
             with self._acquiring:
                 self._lease(plan, now, size, lambda: low)  # a rejection: they run out, then ask
 
+        acquisition = self._acquisition(loop, lease)  # in flight from now on
+
         async def top_up() -> None:
             try:
-                await anyio.to_thread.run_sync(lease)
+                await acquisition
             except Exception as exc:  # the lease is asked again when it runs out
                 logger.info("keystile: leasing ahead failed: %s", exc,
                             extra=failure_fields(self.metrics.store, "lease", exc))
+
+        self._lease_ahead_tasks.add(task := loop.create_task(top_up()))
+        task.add_done_callback(self._lease_ahead_tasks.discard)
+
+    def _acquisition(self, loop: asyncio.AbstractEventLoop, acquire: Callable[[], R]) -> Awaitable[R]:
+        """``acquire()`` run in a worker thread as this loop's acquisition in flight, which
+        the requests that find a lease empty meanwhile await instead of leasing their own.
+        It is in flight from this call, not from the first await."""
+        flight = self._lease_flights[loop] = loop.create_future()
+
+        async def run() -> R:
+            try:
+                return await anyio.to_thread.run_sync(acquire)
             finally:
                 if self._lease_flights.get(loop) is flight:
                     del self._lease_flights[loop]
                 flight.set_result(None)
 
-        self._lease_ahead_tasks.add(task := loop.create_task(top_up()))
-        task.add_done_callback(self._lease_ahead_tasks.discard)
+        return run()
 
     def _leasing(self) -> None:
         """Once leases are held: give them back when the interpreter exits normally."""
@@ -547,12 +564,7 @@ class _Acquire:
         if flight is not None:
             await asyncio.shield(flight)
             return verifier.leases.spend(self.plan, self.now)  # None: spent by others, lease again
-        flight = flights[loop] = loop.create_future()
-        try:
-            return await anyio.to_thread.run_sync(self._locked)
-        finally:
-            del flights[loop]
-            flight.set_result(None)
+        return await verifier._acquisition(loop, self._locked)
 
     def resume(self, settled: Settlement | None) -> Step:
         record = self.entry.record
@@ -586,10 +598,7 @@ class _Remembered:
 
     def step(self, verifier: Verifier, request: VerifyRequest, now: int) -> Step:
         """:meth:`spend` as :meth:`Verifier.start` would answer it: a result is recorded."""
-        step = self.spend(verifier, request, now)
-        if type(step) is VerifyResult and verifier.events is not None:
-            verifier.events.emit(now, step, request)
-        return step
+        return verifier._first(self.spend(verifier, request, now), request, now)
 
 
 class _Settle:
